@@ -1,0 +1,45 @@
+"""L16: linear 16-bit PCM. Big-endian (network order, RFC 3551) unless told otherwise.
+
+Carriers disagree in practice (see docs on L16 byte order), so ``byteorder`` is an option.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from mediastream.errors import CodecError
+
+DEFAULT_SAMPLE_RATE = 16000
+ByteOrder = Literal["big", "little"]
+
+
+def _dtype(byteorder: str) -> np.dtype:
+    if byteorder not in ("big", "little"):
+        raise ValueError(f"L16 byteorder must be 'big' or 'little', not {byteorder!r}")
+    return np.dtype(">i2" if byteorder == "big" else "<i2")
+
+
+class L16Decoder:
+    encoding = "L16"
+
+    def __init__(self, sample_rate: int | None = None, byteorder: ByteOrder = "big") -> None:
+        self.sample_rate = int(sample_rate or DEFAULT_SAMPLE_RATE)
+        self._dtype = _dtype(byteorder)
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        if len(payload) % 2:
+            raise CodecError(f"L16 payload has an odd length ({len(payload)} bytes)")
+        return np.frombuffer(payload, dtype=self._dtype).astype(np.int16)
+
+
+class L16Encoder:
+    encoding = "L16"
+
+    def __init__(self, sample_rate: int | None = None, byteorder: ByteOrder = "big") -> None:
+        self.sample_rate = int(sample_rate or DEFAULT_SAMPLE_RATE)
+        self._dtype = _dtype(byteorder)
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return np.asarray(pcm, dtype=np.int16).astype(self._dtype).tobytes()
