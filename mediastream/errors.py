@@ -1,4 +1,4 @@
-"""The exception hierarchy: every error the library raises on purpose derives from MediaStreamError."""
+"""The exception hierarchy: every error raised on purpose derives from MediaStreamError."""
 
 from __future__ import annotations
 

@@ -107,10 +107,10 @@ def _load(name: str, *, role: int) -> type:
 
 
 def decoder(encoding: str, sample_rate: int | None = None, **options: object) -> Decoder:
-    """A new decoder for ``encoding``; ``sample_rate`` matters only where the codec allows several."""
+    """A new decoder; ``sample_rate`` matters only where the codec allows several rates."""
     return _load(encoding, role=0)(sample_rate=sample_rate, **options)
 
 
 def encoder(encoding: str, sample_rate: int | None = None, **options: object) -> Encoder:
-    """A new encoder for ``encoding``; ``sample_rate`` matters only where the codec allows several."""
+    """A new encoder; ``sample_rate`` matters only where the codec allows several rates."""
     return _load(encoding, role=1)(sample_rate=sample_rate, **options)

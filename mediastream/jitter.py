@@ -1,0 +1,140 @@
+"""Per-track reorder buffer: frames out in counter order, gaps named, duplicates dropped.
+
+The carrier does not guarantee media order. Frames are held until the next expected counter is
+present, or until more than ``depth`` later frames are waiting: then the missing counter is
+declared lost and released as a gap, so a lost frame delays audio by at most ``depth`` frames.
+Frames without a counter cannot be ordered and pass straight through. The buffer is pure data:
+no clock, no I/O, so it is deterministic to test.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_DEPTH = 8
+# A jump larger than this is a counter discontinuity (restart, wrap), not a run of lost frames.
+MAX_GAP_FRAMES = 3000
+_REMEMBERED_GAPS = 256
+
+
+@dataclass(slots=True)
+class Release(Generic[T]):
+    """One released slot: ``item`` is None when the frame with ``key`` was lost."""
+
+    key: int | None
+    item: T | None
+
+
+@dataclass(slots=True)
+class ReorderStats:
+    released: int = 0
+    reordered: int = 0
+    duplicates: int = 0
+    late: int = 0
+    gaps: int = 0
+    discontinuities: int = 0
+
+
+class ReorderBuffer(Generic[T]):
+    """Orders items by integer key (``chunk``, or ``sequence_number`` when there is no chunk)."""
+
+    def __init__(self, depth: int = DEFAULT_DEPTH, first_key: int = 1) -> None:
+        if depth < 0:
+            raise ValueError("depth must be >= 0")
+        self.depth = depth
+        self.first_key = first_key
+        self.next_key: int | None = None
+        self.stats = ReorderStats()
+        self._pending: dict[int, T] = {}
+        self._gap_keys: deque[int] = deque(maxlen=_REMEMBERED_GAPS)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def push(self, key: int | None, item: T) -> list[Release[T]]:
+        """Add one frame; return whatever can now be released, in order."""
+        if key is None:
+            self.stats.released += 1
+            return [Release(None, item)]
+        if self.next_key is not None and key < self.next_key:
+            if self.next_key - key > MAX_GAP_FRAMES:
+                return self._restart(key, item)
+            if key in self._gap_keys:
+                self.stats.late += 1
+            else:
+                self.stats.duplicates += 1
+            return []
+        if key in self._pending:
+            self.stats.duplicates += 1
+            return []
+        if self._pending and key < max(self._pending):
+            self.stats.reordered += 1
+        self._pending[key] = item
+        return self._release()
+
+    def flush(self) -> list[Release[T]]:
+        """Release everything held, naming the gaps between held frames (end of stream)."""
+        out: list[Release[T]] = []
+        while self._pending:
+            if self.next_key is None or self.next_key not in self._pending:
+                lowest = min(self._pending)
+                if self.next_key is None or lowest - self.next_key > MAX_GAP_FRAMES:
+                    self.next_key = lowest
+                else:
+                    out.extend(self._gaps_until(lowest))
+            out.extend(self._run())
+        return out
+
+    def reset(self) -> list[Release[T]]:
+        """Flush, then forget the counter position (a new socket may restart counters)."""
+        out = self.flush()
+        self.next_key = None
+        self._gap_keys.clear()
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _restart(self, key: int, item: T) -> list[Release[T]]:
+        out = self.flush()
+        self.stats.discontinuities += 1
+        self.next_key = None
+        self._pending[key] = item
+        return out + self._release()
+
+    def _release(self) -> list[Release[T]]:
+        if self.next_key is None:
+            lowest = min(self._pending)
+            if lowest > self.first_key and len(self._pending) <= self.depth:
+                return []  # the first frame may still be on its way
+            self.next_key = lowest
+        out = self._run()
+        while len(self._pending) > self.depth:
+            lowest = min(self._pending)
+            if lowest - self.next_key > MAX_GAP_FRAMES:
+                self.stats.discontinuities += 1
+                self.next_key = lowest
+            else:
+                out.extend(self._gaps_until(lowest))
+            out.extend(self._run())
+        return out
+
+    def _run(self) -> list[Release[T]]:
+        out: list[Release[T]] = []
+        assert self.next_key is not None
+        while self.next_key in self._pending:
+            out.append(Release(self.next_key, self._pending.pop(self.next_key)))
+            self.next_key += 1
+        self.stats.released += len(out)
+        return out
+
+    def _gaps_until(self, key: int) -> list[Release[T]]:
+        assert self.next_key is not None
+        out: list[Release[T]] = [Release(k, None) for k in range(self.next_key, key)]
+        self._gap_keys.extend(range(self.next_key, key))
+        self.stats.gaps += len(out)
+        self.next_key = key
+        return out

@@ -1,0 +1,43 @@
+"""Wire protocol: frame models for both directions, parsing, dialect mapping."""
+
+from mediastream.protocol.frames import (
+    ConnectedFrame,
+    DtmfFrame,
+    ErrorFrame,
+    InboundFrame,
+    MarkFrame,
+    MediaFormat,
+    MediaFrame,
+    OutboundClear,
+    OutboundFrame,
+    OutboundMark,
+    OutboundMedia,
+    StartFrame,
+    StartInfo,
+    StopFrame,
+    UnknownFrame,
+    encode_outbound,
+    parse_frame,
+    parse_object,
+)
+
+__all__ = [
+    "ConnectedFrame",
+    "DtmfFrame",
+    "ErrorFrame",
+    "InboundFrame",
+    "MarkFrame",
+    "MediaFormat",
+    "MediaFrame",
+    "OutboundClear",
+    "OutboundFrame",
+    "OutboundMark",
+    "OutboundMedia",
+    "StartFrame",
+    "StartInfo",
+    "StopFrame",
+    "UnknownFrame",
+    "encode_outbound",
+    "parse_frame",
+    "parse_object",
+]

@@ -1,0 +1,368 @@
+"""The per-stream state machine, sans I/O: feed it frames, get typed events and outbound text.
+
+A ``Session`` knows the protocol, the codecs and the reorder buffers, and nothing about sockets,
+tasks or files, so every behaviour (ordering, gaps, duplicates, bad input) is testable with
+plain function calls. Errors in the input never raise: they become ``Error`` events, and the
+audio around them is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+import numpy as np
+
+from mediastream import codecs
+from mediastream.errors import CodecError, ProtocolError, UnsupportedCodecError
+from mediastream.jitter import DEFAULT_DEPTH, ReorderBuffer
+from mediastream.protocol.frames import (
+    ConnectedFrame,
+    DtmfFrame,
+    ErrorFrame,
+    InboundFrame,
+    MarkFrame,
+    MediaFormat,
+    MediaFrame,
+    OutboundClear,
+    OutboundMark,
+    OutboundMedia,
+    StartFrame,
+    StartInfo,
+    StopFrame,
+    UnknownFrame,
+    decode_base64,
+    encode_outbound,
+    parse_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+# Media that arrives before ``start`` is held (up to this many frames) and decoded once the
+# format is known, instead of being thrown away.
+MAX_EARLY_FRAMES = 500
+# Timestamps larger than this (ms) are not "ms since stream start"; they are not used to place
+# the first frame of a track.
+MAX_TRUSTED_TIMESTAMP_MS = 6 * 3600 * 1000
+
+
+class State(Enum):
+    AWAITING_START = "awaiting_start"
+    STREAMING = "streaming"
+    STOPPED = "stopped"
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class Connected:
+    version: str | None
+    auth_token: str | None = field(repr=False, default=None)
+
+
+@dataclass(slots=True)
+class Started:
+    stream_id: str
+    info: StartInfo
+    media_format: MediaFormat
+    sample_rate: int  # the decoded PCM rate (16000 for G722 whatever the frame says)
+
+
+@dataclass(slots=True)
+class Audio:
+    """Decoded audio of one frame (or silence standing in for a lost one).
+
+    ``position`` is the index of the first sample on the track's timeline, counted from the
+    start of the stream at ``sample_rate``: it is what places audio in a recording.
+    """
+
+    track: str
+    pcm: np.ndarray
+    sample_rate: int
+    position: int
+    chunk: int | None = None
+    missing: bool = False
+
+    @property
+    def timestamp_ms(self) -> float:
+        return self.position * 1000.0 / self.sample_rate
+
+    @property
+    def duration_ms(self) -> float:
+        return len(self.pcm) * 1000.0 / self.sample_rate
+
+
+@dataclass(slots=True)
+class Dtmf:
+    digit: str
+    occurred_at: str | None = None
+
+
+@dataclass(slots=True)
+class MarkEcho:
+    name: str
+
+
+@dataclass(slots=True)
+class Error:
+    """Something wrong in the input (``source="protocol"``/``"codec"``) or reported by the carrier.
+
+    ``fatal`` errors end the stream (an unsupported codec, for example); others are reported
+    and the stream goes on.
+    """
+
+    kind: str
+    message: str
+    source: Literal["protocol", "codec", "carrier"] = "protocol"
+    code: int | str | None = None
+    title: str | None = None
+    detail: str | None = None
+    fatal: bool = False
+
+
+@dataclass(slots=True)
+class Stopped:
+    reason: Literal["stop", "closed"]
+
+
+Event = Connected | Started | Audio | Dtmf | MarkEcho | Error | Stopped
+
+
+# ---------------------------------------------------------------- per-track state
+
+
+@dataclass(slots=True)
+class _Track:
+    name: str
+    decoder: codecs.Decoder
+    buffer: ReorderBuffer[tuple[bytes, int | None]]
+    position: int | None = None
+    frame_samples: int = 0
+
+
+@dataclass(slots=True)
+class SessionStats:
+    frames: int = 0
+    media_frames: int = 0
+    audio_bytes: int = 0
+    errors: int = 0
+
+
+class Session:
+    """One stream's protocol state. Not thread-safe; one per socket (or per resumed stream)."""
+
+    def __init__(
+        self,
+        *,
+        reorder_depth: int = DEFAULT_DEPTH,
+        codec_options: dict[str, dict[str, object]] | None = None,
+    ) -> None:
+        self.state = State.AWAITING_START
+        self.stream_id: str | None = None
+        self.start: StartFrame | None = None
+        self.media_format: MediaFormat | None = None
+        self.sample_rate: int | None = None
+        self.stats = SessionStats()
+        self._reorder_depth = reorder_depth
+        self._codec_options = codec_options or {}
+        self._tracks: dict[str, _Track] = {}
+        self._early: list[MediaFrame] = []
+        self._early_reported = False
+        # the decoder made to validate the codec at start serves the first track
+        self._probe_decoder: codecs.Decoder | None = None
+
+    # ------------------------------------------------------------ input
+
+    def receive_text(self, text: str | bytes) -> list[Event]:
+        """Parse and handle one text frame. Malformed input becomes an ``Error`` event."""
+        self.stats.frames += 1
+        try:
+            frame = parse_frame(text)
+        except ProtocolError as exc:
+            kind = "malformed_json" if "not valid JSON" in str(exc) else "invalid_frame"
+            return [self._error(kind, str(exc))]
+        return self.receive_frame(frame)
+
+    def receive_frame(self, frame: InboundFrame | UnknownFrame) -> list[Event]:
+        if isinstance(frame, MediaFrame):
+            return self._on_media(frame)
+        if isinstance(frame, StartFrame):
+            return self._on_start(frame)
+        if isinstance(frame, StopFrame):
+            return self._on_stop("stop")
+        if isinstance(frame, DtmfFrame):
+            return [Dtmf(frame.dtmf.digit, frame.occurred_at)]
+        if isinstance(frame, MarkFrame):
+            return [MarkEcho(frame.mark.name)]
+        if isinstance(frame, ErrorFrame):
+            p = frame.payload
+            return [
+                Error(
+                    "carrier_error",
+                    f"carrier reported error {p.code} {p.title}: {p.detail}",
+                    source="carrier",
+                    code=p.code,
+                    title=p.title,
+                    detail=p.detail,
+                )
+            ]
+        if isinstance(frame, ConnectedFrame):
+            return [Connected(frame.version, frame.auth_token)]
+        return [self._error("unknown_event", f"unknown event {frame.event!r} ignored")]
+
+    def close(self) -> list[Event]:
+        """The socket went away: release held audio and end, as if ``stop`` had come."""
+        if self.state is State.STOPPED:
+            return []
+        events: list[Event] = []
+        if self._early:
+            events.append(
+                self._error(
+                    "media_before_start",
+                    f"{len(self._early)} media frames arrived but no start: audio format unknown",
+                )
+            )
+        return events + self._on_stop("closed")
+
+    # ------------------------------------------------------------ output
+
+    def media(self, payload: bytes) -> str:
+        """Outbound ``media`` frame text for an encoded payload (RTP payload or MP3 file)."""
+        return encode_outbound(OutboundMedia.from_bytes(payload))
+
+    def mark(self, name: str) -> str:
+        return encode_outbound(OutboundMark.named(name))
+
+    def clear(self) -> str:
+        return encode_outbound(OutboundClear())
+
+    # ------------------------------------------------------------ handlers
+
+    def _on_start(self, frame: StartFrame) -> list[Event]:
+        if self.state is not State.AWAITING_START:
+            if frame.stream_id == self.stream_id:
+                return [self._error("duplicate_start", "second start for the stream ignored")]
+            return [
+                self._error(
+                    "unexpected_start",
+                    f"start for another stream {frame.stream_id!r} on this socket ignored",
+                )
+            ]
+        self.stream_id = frame.stream_id
+        fmt = frame.start.media_format
+        options = self._codec_options.get(fmt.encoding, {})
+        try:
+            probe = codecs.decoder(fmt.encoding, fmt.sample_rate, **options)
+        except UnsupportedCodecError as exc:
+            self.state = State.STOPPED
+            return [self._error("unsupported_codec", str(exc), source="codec", fatal=True)]
+        self.start = frame
+        self.media_format = fmt
+        self.sample_rate = probe.sample_rate
+        self.state = State.STREAMING
+        self._probe_decoder = probe
+        events: list[Event] = [Started(frame.stream_id, frame.start, fmt, probe.sample_rate)]
+        early, self._early = self._early, []
+        for media in early:
+            events.extend(self._on_media(media))
+        return events
+
+    def _on_media(self, frame: MediaFrame) -> list[Event]:
+        self.stats.media_frames += 1
+        if self.state is State.AWAITING_START:
+            if not self._early_reported:
+                self._early_reported = True
+                report = [self._error("media_before_start", "media before start: held until start")]
+            else:
+                report = []
+            if len(self._early) < MAX_EARLY_FRAMES:
+                self._early.append(frame)
+            return report
+        if self.state is State.STOPPED:
+            return [self._error("media_after_stop", "media after the stream ended ignored")]
+        try:
+            payload = decode_base64(frame.media.payload, stream_id=self.stream_id)
+        except ProtocolError as exc:
+            return [self._error("invalid_base64", str(exc))]
+        self.stats.audio_bytes += len(payload)
+        track = self._track(frame.media.track)
+        key = frame.media.chunk if frame.media.chunk is not None else frame.sequence_number
+        released = track.buffer.push(key, (payload, frame.media.timestamp))
+        return self._decode_released(track, released)
+
+    def _on_stop(self, reason: Literal["stop", "closed"]) -> list[Event]:
+        if self.state is State.STOPPED:
+            return [self._error("duplicate_stop", "stop after the stream ended ignored")]
+        events: list[Event] = []
+        for track in self._tracks.values():
+            events.extend(self._decode_released(track, track.buffer.flush()))
+        self.state = State.STOPPED
+        events.append(Stopped(reason))
+        return events
+
+    # ------------------------------------------------------------ audio
+
+    def _track(self, name: str) -> _Track:
+        track = self._tracks.get(name)
+        if track is None:
+            assert self.media_format is not None
+            fmt = self.media_format
+            decoder = self._probe_decoder
+            self._probe_decoder = None
+            if decoder is None:
+                options = self._codec_options.get(fmt.encoding, {})
+                decoder = codecs.decoder(fmt.encoding, fmt.sample_rate, **options)
+            track = _Track(name, decoder, ReorderBuffer(self._reorder_depth))
+            self._tracks[name] = track
+        return track
+
+    def _decode_released(self, track: _Track, released: list) -> list[Event]:
+        events: list[Event] = []
+        rate = track.decoder.sample_rate
+        for slot in released:
+            if slot.item is None:
+                if track.position is None or not track.frame_samples:
+                    continue
+                pcm = np.zeros(track.frame_samples, dtype=np.int16)
+                events.append(Audio(track.name, pcm, rate, track.position, slot.key, True))
+                track.position += track.frame_samples
+                continue
+            payload, timestamp = slot.item
+            try:
+                pcm = track.decoder.decode(payload)
+            except (CodecError, ValueError) as exc:
+                events.append(self._error("decode_error", f"{track.name} frame: {exc}", "codec"))
+                continue
+            if track.position is None:
+                track.position = _first_position(timestamp, rate)
+            track.frame_samples = len(pcm) or track.frame_samples
+            events.append(Audio(track.name, pcm, rate, track.position, slot.key))
+            track.position += len(pcm)
+        return events
+
+    def _error(
+        self,
+        kind: str,
+        message: str,
+        source: Literal["protocol", "codec", "carrier"] = "protocol",
+        fatal: bool = False,
+    ) -> Error:
+        self.stats.errors += 1
+        return Error(kind, message, source=source, fatal=fatal)
+
+    @property
+    def tracks(self) -> list[str]:
+        return list(self._tracks)
+
+    def reorder_stats(self) -> dict[str, object]:
+        return {name: track.buffer.stats for name, track in self._tracks.items()}
+
+
+def _first_position(timestamp_ms: int | None, rate: int) -> int:
+    """Where a track's first frame sits: its timestamp (ms since stream start), when plausible."""
+    if timestamp_ms is None or not 0 <= timestamp_ms <= MAX_TRUSTED_TIMESTAMP_MS:
+        return 0
+    return timestamp_ms * rate // 1000
