@@ -1,0 +1,337 @@
+"""WAV recording that places audio by its position and survives a killed process.
+
+``WavFile`` is a 16-bit PCM WAV on disk that can be written at any frame offset; its header is
+rewritten after every write, so the file on disk is always a valid WAV of everything written so
+far. ``recover_wav`` repairs the one thing a kill can leave behind (data written after the last
+header update). ``WavRecorder`` buffers audio per stream and writes blocks of ``flush_seconds``
+in a worker thread, so disk writes never run on the event loop.
+
+Layout: mono when one track is streamed; when both are, two channels (0 inbound, 1 outbound)
+aligned by position. A mono file becomes stereo the moment the second track shows up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mediastream.errors import MediaStreamError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_SECONDS = 0.5
+_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+_HEADER_SIZE = _HEADER.size  # 44
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME = 200
+
+
+class RecordingError(MediaStreamError):
+    """A recording file could not be opened or written."""
+
+
+def safe_stream_name(stream_id: str) -> str:
+    """The stream id reduced to ``[A-Za-z0-9._-]``: anything else becomes ``_``."""
+    name = _SAFE_NAME.sub("_", stream_id)[:_MAX_NAME]
+    return name if name.strip(".") else name.replace(".", "_") or "_"
+
+
+def recording_path(record_dir: str | os.PathLike[str], stream_id: str) -> Path:
+    """``DIR/<safe id>.wav``; by construction never outside ``DIR``."""
+    return Path(record_dir) / f"{safe_stream_name(stream_id)}.wav"
+
+
+# ---------------------------------------------------------------- the file
+
+
+@dataclass(slots=True)
+class _Layout:
+    sample_rate: int
+    channels: int
+    data_offset: int
+    data_bytes: int  # as measured on disk, whole frames only
+
+
+def _read_layout(fd: int) -> _Layout:
+    """Find ``fmt `` and ``data`` in a RIFF/WAVE file; trust the file size over the header."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 12, 0)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise RecordingError("not a RIFF/WAVE file")
+    offset, rate, channels = 12, None, None
+    while offset + 8 <= size:
+        chunk_id, chunk_size = struct.unpack("<4sI", os.pread(fd, 8, offset))
+        body = offset + 8
+        if chunk_id == b"fmt ":
+            fmt_tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", os.pread(fd, 16, body))
+            if fmt_tag != 1 or bits != 16:
+                raise RecordingError(f"only 16-bit PCM WAV can be continued (format {fmt_tag})")
+        elif chunk_id == b"data":
+            if rate is None or channels is None:
+                raise RecordingError("WAV data chunk before fmt chunk")
+            block = 2 * channels
+            data_bytes = (size - body) // block * block
+            return _Layout(rate, channels, body, data_bytes)
+        offset = body + chunk_size + (chunk_size & 1)
+    raise RecordingError("WAV file has no data chunk")
+
+
+class WavFile:
+    """A 16-bit PCM WAV written at frame offsets, its header current after every write."""
+
+    def __init__(self, path: str | os.PathLike[str], sample_rate: int, channels: int = 1) -> None:
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(self._fd).st_size == 0:
+                self.sample_rate, self.channels, self._data_offset = sample_rate, channels, 44
+                self.frames = 0
+                self._write_header()
+            else:
+                layout = _read_layout(self._fd)
+                if layout.sample_rate != sample_rate:
+                    raise RecordingError(
+                        f"{self.path} holds {layout.sample_rate} Hz audio, not {sample_rate} Hz"
+                    )
+                self.sample_rate, self.channels = layout.sample_rate, layout.channels
+                self._data_offset = layout.data_offset
+                self.frames = layout.data_bytes // (2 * layout.channels)
+                os.ftruncate(self._fd, self._data_offset + layout.data_bytes)
+                self._write_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _write_header(self) -> None:
+        data_bytes = self.frames * 2 * self.channels
+        if self._data_offset == _HEADER_SIZE:
+            header = _HEADER.pack(
+                b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, self.channels,
+                self.sample_rate, self.sample_rate * 2 * self.channels, 2 * self.channels, 16,
+                b"data", data_bytes,
+            )  # fmt: skip
+            os.pwrite(self._fd, header, 0)
+        else:  # a file with extra chunks: patch the two sizes in place
+            os.pwrite(self._fd, struct.pack("<I", self._data_offset + data_bytes - 8), 4)
+            os.pwrite(self._fd, struct.pack("<I", data_bytes), self._data_offset - 4)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` as an (n, channels) int16 array (clipped to what exists)."""
+        stop = min(stop, self.frames)
+        if stop <= start:
+            return np.zeros((0, self.channels), dtype=np.int16)
+        block = 2 * self.channels
+        raw = os.pread(self._fd, (stop - start) * block, self._data_offset + start * block)
+        return np.frombuffer(raw, dtype="<i2").reshape(-1, self.channels).astype(np.int16)
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Write (n, channels) int16 frames at ``start`` (at most the current end), then header."""
+        if start > self.frames:
+            raise RecordingError(f"write at frame {start} would leave a hole after {self.frames}")
+        data = np.ascontiguousarray(block, dtype="<i2")
+        if data.ndim != 2 or data.shape[1] != self.channels:
+            raise RecordingError(f"block shape {data.shape} does not fit {self.channels} channels")
+        os.pwrite(self._fd, data.tobytes(), self._data_offset + start * 2 * self.channels)
+        self.frames = max(self.frames, start + len(data))
+        self._write_header()
+
+    def widen_to_stereo(self, existing_channel: int) -> None:
+        """Rewrite a mono file as two channels, its audio going to ``existing_channel``."""
+        if self.channels == 2:
+            return
+        mono = self.read(0, self.frames)[:, 0]
+        stereo = np.zeros((len(mono), 2), dtype=np.int16)
+        stereo[:, existing_channel] = mono
+        self.channels = 2
+        os.pwrite(self._fd, stereo.astype("<i2").tobytes(), self._data_offset)
+        self._write_header()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def recover_wav(path: str | os.PathLike[str]) -> bool:
+    """Make the header of a WAV cover all whole frames on disk; True if it had to change."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        layout = _read_layout(fd)
+        (declared,) = struct.unpack("<I", os.pread(fd, 4, layout.data_offset - 4))
+        if declared == layout.data_bytes and os.fstat(fd).st_size == (
+            layout.data_offset + layout.data_bytes
+        ):
+            return False
+    finally:
+        os.close(fd)
+    WavFile(path, layout.sample_rate).close()  # opening rewrites the header from the file size
+    return True
+
+
+def recover_recordings(record_dir: str | os.PathLike[str]) -> list[Path]:
+    """Repair every WAV in ``record_dir`` left behind by a killed process; returns those fixed."""
+    fixed = []
+    for path in sorted(Path(record_dir).glob("*.wav")):
+        try:
+            if recover_wav(path):
+                fixed.append(path)
+        except (OSError, RecordingError) as exc:
+            logger.warning("cannot recover recording %s: %s", path, exc)
+    if fixed:
+        logger.info("recovered %d recording(s) in %s", len(fixed), record_dir)
+    return fixed
+
+
+# ---------------------------------------------------------------- the recorder
+
+
+class PositionedAudio(Protocol):
+    """What the recorder needs of an audio frame (``AudioFrame`` has it)."""
+
+    track: str
+    pcm: np.ndarray
+    sample_rate: int
+    position: int
+
+
+@dataclass(slots=True)
+class _Piece:
+    track: str
+    position: int
+    pcm: np.ndarray
+
+
+class WavRecorder:
+    """Records one stream's audio frames to a WAV, placed by position, buffered in blocks.
+
+    ``await write(frame)`` never waits on the disk; blocks of ``flush_seconds`` go to a worker
+    thread, one at a time, in order. ``await close()`` writes the rest. If the file already
+    exists (a stream resuming), audio continues after what it holds.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        *,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        stream_id: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.stream_id = stream_id
+        self._file = WavFile(self.path, sample_rate)
+        self._offset = self._file.frames  # continue after an existing recording
+        self._flush_frames = max(1, int(flush_seconds * sample_rate))
+        self._tracks: list[str] = ["inbound"] if self._file.channels == 2 else []
+        if self._file.channels == 2:
+            self._tracks.append("outbound")
+        self._pending: list[_Piece] = []
+        self._pending_hi = 0
+        self._flushing: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @property
+    def channels(self) -> int:
+        return self._file.channels
+
+    @property
+    def frames_on_disk(self) -> int:
+        return self._file.frames
+
+    async def write(self, frame: PositionedAudio) -> None:
+        """Queue one frame; start a background flush once a block's worth is pending."""
+        self.add(frame)
+        if self._flushing is None and self._due():
+            self._flushing = asyncio.ensure_future(self._flush_in_thread())
+
+    def add(self, frame: PositionedAudio) -> None:
+        """Queue one frame without writing (the synchronous half of ``write``)."""
+        if self._closed:
+            raise RecordingError(f"recording {self.path} is closed")
+        if frame.sample_rate != self.sample_rate:
+            raise RecordingError(
+                f"frame at {frame.sample_rate} Hz cannot go into a {self.sample_rate} Hz recording"
+            )
+        track = "outbound" if frame.track == "outbound" else "inbound"
+        if track not in self._tracks:
+            self._tracks.append(track)
+        start = self._offset + frame.position
+        self._pending.append(_Piece(track, start, frame.pcm))
+        self._pending_hi = max(self._pending_hi, start + len(frame.pcm))
+
+    def _due(self) -> bool:
+        return self._pending_hi - self._file.frames >= self._flush_frames
+
+    def _take(self) -> tuple[list[_Piece], tuple[str, ...]]:
+        """Hand pending pieces to a writer with the track list as it is now (it may grow)."""
+        pieces, self._pending = self._pending, []
+        return pieces, tuple(self._tracks)
+
+    async def _flush_in_thread(self) -> None:
+        try:
+            while self._pending and self._due():
+                await asyncio.to_thread(self._write_pieces, *self._take())
+        except Exception:
+            logger.exception("stream %s: writing recording %s failed", self.stream_id, self.path)
+        finally:
+            self._flushing = None
+
+    def flush(self) -> None:
+        """Write everything pending now, synchronously (for shutdown paths and tests)."""
+        self._write_pieces(*self._take())
+
+    def _write_pieces(self, pieces: list[_Piece], tracks: tuple[str, ...]) -> None:
+        if not pieces:
+            return
+        file = self._file
+        if len(tracks) == 2 and file.channels == 1:
+            file.widen_to_stereo(existing_channel=1 if tracks[0] == "outbound" else 0)
+        lo = min(min(p.position for p in pieces), file.frames)
+        hi = max(p.position + len(p.pcm) for p in pieces)
+        block = np.zeros((hi - lo, file.channels), dtype=np.int16)
+        existing = file.read(lo, hi)  # keep what is there (the other channel, earlier writes)
+        block[: len(existing)] = existing
+        for piece in pieces:
+            at = piece.position - lo
+            channel = 1 if file.channels == 2 and piece.track == "outbound" else 0
+            block[at : at + len(piece.pcm), channel] = piece.pcm
+        file.write(lo, block)
+
+    async def close(self) -> None:
+        """Write everything still pending and close the file (idempotent)."""
+        if self._closed:
+            return
+        while self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
+        self._closed = True
+        try:
+            await asyncio.to_thread(self._finish)
+        except Exception:
+            logger.exception("stream %s: finishing recording %s failed", self.stream_id, self.path)
+            raise
+
+    def close_sync(self) -> None:
+        """Synchronous close, for code that is not running an event loop."""
+        if not self._closed:
+            self._closed = True
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self._write_pieces(*self._take())
+        finally:
+            self._file.close()

@@ -1,0 +1,294 @@
+"""A carrier-like client: sends a call to a media server exactly as Telnyx frames it.
+
+It reads audio (any file soundfile reads, any rate), resamples it with soxr to the codec's rate,
+encodes it in 20 ms frames and sends ``connected``, ``start``, ``media`` and ``stop`` following
+the conventions in docs/protocol.md: per-track ``chunk`` from 1, ``timestamp`` in ms since the
+stream started, counters as strings. It can pace in real time or send as fast as possible,
+stream both tracks, run many calls at once, reorder frames within a window, and drop frames.
+The returned ``CallResult`` says exactly what was sent, so a test can predict the recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from mediastream import codecs
+
+FRAME_MS = 20
+DEFAULT_SHUFFLE_WINDOW = 5
+TRACK_NAMES = ("inbound", "outbound")
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read an audio file as mono int16 at ``sample_rate`` (mixing channels, resampling)."""
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    return np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def synthesize_speechlike(seconds: float, sample_rate: int, seed: int = 7) -> np.ndarray:
+    """A deterministic voice-like test signal: gliding harmonics in syllable-shaped bursts."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    pitch = 140 + 40 * np.sin(2 * np.pi * 0.7 * t) + 15 * np.sin(2 * np.pi * 3.1 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12) if k * 180 < sample_rate / 2)
+    syllables = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 0.6
+    noise = rng.normal(0, 0.02, len(t))
+    signal = 0.35 * voice * syllables + noise
+    return np.clip(signal * 32767 * 0.8, -32768, 32767).astype(np.int16)
+
+
+def codec_rate(codec: str, l16_rate: int = 16000) -> int:
+    """PCM rate a codec carries: 8000 for G.711, 16000 for G.722, chosen rate for L16."""
+    name = codecs.normalize_encoding(codec)
+    return l16_rate if name == "L16" else codecs.encoder(name).sample_rate
+
+
+def encode_frames(pcm: np.ndarray, codec: str, sample_rate: int) -> list[bytes]:
+    """Split int16 PCM into 20 ms frames (last one padded) and encode each, in order."""
+    encoder = codecs.encoder(codec, sample_rate)
+    step = sample_rate * FRAME_MS // 1000
+    frames = []
+    for begin in range(0, len(pcm), step):
+        chunk = pcm[begin : begin + step]
+        if len(chunk) < step:
+            chunk = np.concatenate([chunk, np.zeros(step - len(chunk), dtype=np.int16)])
+        frames.append(encoder.encode(chunk))
+    return frames
+
+
+@dataclass
+class CallPlan:
+    """What one simulated call sends: per-track payloads (chunk n is ``payloads[n - 1]``)."""
+
+    stream_id: str
+    codec: str
+    sample_rate: int
+    payloads: dict[str, list[bytes]]
+    dropped: dict[str, set[int]] = field(default_factory=dict)
+    shuffle_window: int = 0
+    seed: int = 0
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    send_stop: bool = True
+
+    def start_frame(self) -> dict[str, object]:
+        return {
+            "event": "start",
+            "sequence_number": "1",
+            "stream_id": self.stream_id,
+            "start": {
+                "user_id": "3E6F995F-85F7-4705-9741-53B116D28237",
+                "call_control_id": f"v3:sim-{self.stream_id}",
+                "call_session_id": str(uuid.uuid5(uuid.NAMESPACE_URL, self.stream_id)),
+                "from": "+13122010094",
+                "to": "+13122123456",
+                "tags": ["simulated"],
+                "client_state": None,
+                "custom_parameters": self.custom_parameters,
+                "media_format": {
+                    "encoding": codecs.normalize_encoding(self.codec),
+                    "sample_rate": self.sample_rate,
+                    "channels": 1,
+                },
+            },
+        }
+
+    def media_frames(self) -> list[tuple[int, dict[str, object]]]:
+        """(tick, frame) for every media frame sent, in send order (shuffled if asked)."""
+        out: list[tuple[int, dict[str, object]]] = []
+        longest = max((len(p) for p in self.payloads.values()), default=0)
+        sequence = 2
+        for index in range(longest):
+            for track, payloads in self.payloads.items():
+                chunk = index + 1
+                if index >= len(payloads) or chunk in self.dropped.get(track, ()):
+                    continue
+                media = {
+                    "track": track,
+                    "chunk": str(chunk),
+                    "timestamp": str(index * FRAME_MS),
+                    "payload": base64.b64encode(payloads[index]).decode("ascii"),
+                }
+                frame = {
+                    "event": "media",
+                    "sequence_number": str(sequence),
+                    "media": media,
+                    "stream_id": self.stream_id,
+                }
+                out.append((index, frame))
+                sequence += 1
+        if self.shuffle_window > 1:
+            rng = random.Random(self.seed)
+            for begin in range(0, len(out), self.shuffle_window):
+                window = out[begin : begin + self.shuffle_window]
+                ticks = [tick for tick, _ in window]
+                frames = [frame for _, frame in window]
+                rng.shuffle(frames)
+                out[begin : begin + self.shuffle_window] = list(zip(ticks, frames, strict=True))
+        return out
+
+    def stop_frame(self, sequence: int) -> dict[str, object]:
+        return {
+            "event": "stop",
+            "sequence_number": str(sequence),
+            "stop": {"user_id": "3E6F995F-85F7-4705-9741-53B116D28237"},
+            "stream_id": self.stream_id,
+        }
+
+    def expected_pcm(self, track: str = "inbound") -> np.ndarray:
+        """The audio a faithful receiver reconstructs for ``track``: lost frames as silence.
+
+        Frames dropped after the last one sent cannot be known to a receiver and are left out.
+        """
+        decoder = codecs.decoder(self.codec, self.sample_rate)
+        dropped = self.dropped.get(track, set())
+        payloads = self.payloads[track]
+        last_sent = max((n for n in range(1, len(payloads) + 1) if n not in dropped), default=0)
+        pieces = []
+        for chunk, payload in enumerate(payloads[:last_sent], start=1):
+            pcm = decoder.decode(payload)  # decode even lost frames: keeps G.722 state aligned
+            pieces.append(np.zeros_like(pcm) if chunk in dropped else pcm)
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+
+
+@dataclass
+class CallResult:
+    plan: CallPlan
+    frames_sent: int = 0
+    media_sent: int = 0
+    closed_by_server: bool = False
+    close_code: int | None = None
+    received: list[dict[str, object]] = field(default_factory=list)
+    send_times: list[float] = field(default_factory=list)
+
+
+def plan_call(
+    audio: np.ndarray | dict[str, np.ndarray],
+    *,
+    codec: str = "PCMU",
+    sample_rate: int | None = None,
+    tracks: Sequence[str] = ("inbound",),
+    stream_id: str | None = None,
+    shuffle_window: int = 0,
+    drop: dict[str, set[int]] | None = None,
+    drop_rate: float = 0.0,
+    seed: int = 0,
+    custom_parameters: dict[str, str] | None = None,
+    send_stop: bool = True,
+) -> CallPlan:
+    """Encode ``audio`` (int16 at the codec's rate; one array, or one per track) into a plan."""
+    rate = sample_rate or codec_rate(codec)
+    per_track = audio if isinstance(audio, dict) else {track: audio for track in tracks}
+    payloads = {track: encode_frames(per_track[track], codec, rate) for track in tracks}
+    dropped = {track: set(s) for track, s in (drop or {}).items()}
+    if drop_rate > 0:
+        rng = random.Random(seed + 1)
+        for track, frames in payloads.items():
+            # never the first or the last frame: a receiver cannot see those as gaps
+            lost = {n for n in range(2, len(frames)) if rng.random() < drop_rate}
+            dropped.setdefault(track, set()).update(lost)
+    return CallPlan(
+        stream_id=stream_id or str(uuid.uuid4()).upper(),
+        codec=codecs.normalize_encoding(codec),
+        sample_rate=rate,
+        payloads=payloads,
+        dropped=dropped,
+        shuffle_window=shuffle_window,
+        seed=seed,
+        custom_parameters=dict(custom_parameters or {}),
+        send_stop=send_stop,
+    )
+
+
+async def send_call(
+    url: str,
+    plan: CallPlan,
+    *,
+    realtime: bool = False,
+    headers: dict[str, str] | None = None,
+    linger: float = 0.0,
+) -> CallResult:
+    """Open a socket to ``url`` and send the plan's frames; collect what the server sends."""
+    result = CallResult(plan)
+    async with connect(url, additional_headers=headers, compression=None) as ws:
+        reader = asyncio.create_task(_collect(ws, result))
+        try:
+            await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+            await ws.send(json.dumps(plan.start_frame()))
+            result.frames_sent = 2
+            t0 = time.monotonic()
+            media = plan.media_frames()
+            for tick, frame in media:
+                if realtime:
+                    delay = t0 + tick * FRAME_MS / 1000 - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await ws.send(json.dumps(frame))
+                result.send_times.append(time.monotonic())
+                result.frames_sent += 1
+                result.media_sent += 1
+            if plan.send_stop:
+                await ws.send(json.dumps(plan.stop_frame(len(media) + 2)))
+                result.frames_sent += 1
+            if linger:
+                await asyncio.sleep(linger)
+        except ConnectionClosed as exc:
+            result.closed_by_server = True
+            result.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            await ws.close()
+            await reader
+    return result
+
+
+async def _collect(ws: object, result: CallResult) -> None:
+    try:
+        async for message in ws:  # type: ignore[attr-defined]
+            if isinstance(message, str):
+                result.received.append(json.loads(message))
+    except ConnectionClosed as exc:
+        result.closed_by_server = True
+        result.close_code = exc.rcvd.code if exc.rcvd else None
+
+
+async def simulate(
+    url: str,
+    audio: np.ndarray | dict[str, np.ndarray],
+    *,
+    calls: int = 1,
+    realtime: bool = False,
+    stagger: float = 0.0,
+    **plan_options: object,
+) -> list[CallResult]:
+    """Run ``calls`` simulated calls at once (ids derived from ``stream_id`` when given)."""
+    base_id = plan_options.pop("stream_id", None)
+    plans = []
+    for n in range(calls):
+        stream_id = None if base_id is None else (base_id if calls == 1 else f"{base_id}-{n + 1}")
+        seed = int(plan_options.get("seed", 0)) + n  # type: ignore[call-overload]
+        options = {**plan_options, "seed": seed}
+        plans.append(plan_call(audio, stream_id=stream_id, **options))  # type: ignore[arg-type]
+
+    async def one(index: int, plan: CallPlan) -> CallResult:
+        if stagger:
+            await asyncio.sleep(stagger * index)
+        return await send_call(url, plan, realtime=realtime)
+
+    return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(plans))))
