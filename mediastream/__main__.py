@@ -1,0 +1,5 @@
+"""``python -m mediastream``."""
+
+from mediastream.cli import main
+
+raise SystemExit(main())

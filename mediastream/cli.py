@@ -1,0 +1,236 @@
+"""The ``mediastream`` command: serve, demo, simulate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mediastream.handler import StreamHandler, StreamOptions
+from mediastream.server.websocket import DEFAULT_HOST, DEFAULT_PORT, MediaServer
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def load_handler(spec: str) -> type[StreamHandler]:
+    """``package.module:ClassName`` (or ``path/to/file.py:ClassName``) -> the handler class."""
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not class_name:
+        raise SystemExit(f"--handler must look like module:Class, not {spec!r}")
+    if module_name.endswith(".py"):
+        path = Path(module_name).resolve()
+        sys.path.insert(0, str(path.parent))
+        module_name = path.stem
+    module = importlib.import_module(module_name)
+    handler = getattr(module, class_name, None)
+    if not (isinstance(handler, type) and issubclass(handler, StreamHandler)):
+        raise SystemExit(f"{spec!r} is not a StreamHandler subclass")
+    return handler
+
+
+# ------------------------------------------------------------------ serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    handler = load_handler(args.handler) if args.handler else StreamHandler
+    options = StreamOptions(
+        record_dir=Path(args.record_dir) if args.record_dir else None,
+        reorder_depth=args.reorder_depth,
+    )
+    server = MediaServer(handler, host=args.host, port=args.port, options=options)
+
+    def ready(srv: MediaServer) -> None:
+        where = f" recording to {options.record_dir}/" if options.record_dir else ""
+        print(f"mediastream: listening on ws://{srv.host}:{srv.port}/{where}", flush=True)
+
+    asyncio.run(server.serve_forever(on_ready=ready))
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+
+
+async def _demo(record_dir: Path, codec: str, seconds: float, realtime: bool) -> int:
+    import soundfile
+
+    from mediastream.simulate import codec_rate, plan_call, send_call, synthesize_speechlike
+
+    rate = codec_rate(codec)
+    clip = synthesize_speechlike(seconds, rate)
+    plan = plan_call(clip, codec=codec, stream_id="demo-call")
+    async with MediaServer(StreamHandler, host="127.0.0.1", port=0, record_dir=record_dir) as srv:
+        path = record_dir / f"{plan.stream_id}.wav"
+        path.unlink(missing_ok=True)  # a fresh demo, not a continuation of the last one
+        url = f"ws://127.0.0.1:{srv.port}/demo"
+        print(f"server on {url}; sending a {seconds:.1f} s {plan.codec} call ...", flush=True)
+        await send_call(url, plan, realtime=realtime)
+    info = soundfile.info(str(path))
+    recorded, _ = soundfile.read(str(path), dtype="int16")
+    expected = plan.expected_pcm()
+    exact = np.array_equal(recorded, expected)
+    print(f"recorded {path.resolve()}")
+    print(
+        f"  {info.duration:.2f} s, {info.samplerate} Hz, {info.channels} channel(s); "
+        f"{'identical to' if exact else 'DIFFERS from'} the decoded audio that was sent"
+    )
+    return 0 if exact else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    record_dir = Path(args.record_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_demo(record_dir, args.codec, args.seconds, args.realtime))
+
+
+# ------------------------------------------------------------------ simulate
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from mediastream.simulate import (
+        DEFAULT_SHUFFLE_WINDOW,
+        codec_rate,
+        load_audio,
+        simulate,
+        synthesize_speechlike,
+    )
+
+    rate = codec_rate(args.codec, args.l16_rate)
+    audio = load_audio(args.audio, rate) if args.audio else synthesize_speechlike(3.0, rate)
+    tracks = ("inbound", "outbound") if args.track == "both" else (args.track,)
+    results = await simulate(
+        args.url,
+        audio,
+        calls=args.calls,
+        realtime=args.realtime,
+        stagger=args.stagger,
+        codec=args.codec,
+        sample_rate=rate,
+        tracks=tracks,
+        stream_id=args.stream_id,
+        shuffle_window=DEFAULT_SHUFFLE_WINDOW if args.shuffle else 0,
+        drop_rate=args.drop_rate,
+        seed=args.seed,
+        send_stop=not args.no_stop,
+    )
+    failed = 0
+    for result in results:
+        plan = result.plan
+        lost = sum(len(s) for s in plan.dropped.values())
+        note = f", closed by server (code {result.close_code})" if result.closed_by_server else ""
+        failed += result.closed_by_server and result.close_code not in (None, 1000)
+        print(
+            f"{plan.stream_id}: {result.media_sent} media frames sent, "
+            f"{lost} dropped on purpose{note}"
+        )
+    return 1 if failed else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    return asyncio.run(_simulate(args))
+
+
+# ------------------------------------------------------------------ bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mediastream.bench import main as bench_main
+
+    return bench_main(args)
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mediastream",
+        description="Receive live phone-call audio from Telnyx media streaming over WebSocket.",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve",
+        help="run the media server",
+        description="Accept carrier WebSocket streams on any path (plus GET /healthz), decode "
+        "their audio and hand it to a handler; optionally record every stream to WAV. "
+        "Stops cleanly on Ctrl-C or SIGTERM, finishing every recording.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help="listen address (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
+    p.add_argument("--record-dir", metavar="DIR", help="write DIR/<stream_id>.wav per stream")
+    p.add_argument(
+        "--handler", metavar="module:Class", help="your StreamHandler subclass to run per stream"
+    )
+    p.add_argument(
+        "--reorder-depth",
+        type=int,
+        default=8,
+        help="frames held to reorder before a missing one counts as lost (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "demo",
+        help="server + one simulated call in one process; writes a WAV",
+        description="Start a server on a free local port, send it one simulated call and "
+        "print the path and length of the WAV it recorded.",
+    )
+    p.add_argument("--record-dir", default="recordings", help="where the WAV goes (%(default)s)")
+    p.add_argument("--codec", default="PCMU", help="codec of the simulated call (%(default)s)")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of the call (%(default)s)")
+    p.add_argument("--realtime", action="store_true", help="pace frames in real time")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "simulate",
+        help="send carrier-like calls to a server",
+        description="Act as the carrier: send connected/start/media/stop frames to URL, built "
+        "from an audio file (any format and rate soundfile reads).",
+    )
+    p.add_argument("url", help="server WebSocket URL, e.g. ws://127.0.0.1:8765/stream")
+    p.add_argument("--audio", metavar="FILE", help="audio to send (default: a synthesized voice)")
+    p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or L16 (%(default)s)")
+    p.add_argument("--l16-rate", type=int, default=16000, help="L16 sample rate (%(default)s)")
+    p.add_argument("--track", default="inbound", choices=["inbound", "outbound", "both"])
+    p.add_argument("--calls", type=int, default=1, help="concurrent calls (%(default)s)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="one frame per 20 ms per track")
+    pace.add_argument("--fast", action="store_true", help="as fast as possible (default)")
+    p.add_argument("--stagger", type=float, default=0.0, help="seconds between call starts")
+    p.add_argument("--shuffle", action="store_true", help="reorder frames within small windows")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="fraction of frames to drop")
+    p.add_argument("--seed", type=int, default=0, help="seed for shuffle and drops")
+    p.add_argument("--stream-id", help="stream id (with --calls N: ID-1 .. ID-N)")
+    p.add_argument("--no-stop", action="store_true", help="close the socket without a stop frame")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "bench",
+        help="codec throughput against the reference implementations installed",
+        description="Time decode and encode of 20 ms frames for each codec, side by side with "
+        "every installed anchor (audioop, the G722 package, PyAV), and print the ratios.",
+    )
+    p.add_argument("--codec", action="append", help="codec to measure (repeatable; default all)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per measurement (%(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Shared fixtures: the ITU-T conformance data, a live server on 127.0.0.1, helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mediastream import MediaServer, StreamHandler, StreamOptions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def itu_stl_dir() -> Path:
+    """``../shared/conformance/itu-stl`` beside the checkout, or $MEDIASTREAM_ITU_STL."""
+    override = os.environ.get("MEDIASTREAM_ITU_STL")
+    return Path(override) if override else REPO.parent / "shared" / "conformance" / "itu-stl"
+
+
+@pytest.fixture
+def itu_stl() -> Path:
+    path = itu_stl_dir()
+    if not path.is_dir():
+        pytest.skip(
+            f"ITU-T G.191 vectors not found at {path} "
+            "(set MEDIASTREAM_ITU_STL to the itu-stl folder to run conformance tests)"
+        )
+    return path
+
+
+@pytest.fixture
+def record_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "recordings"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def server(record_dir: Path) -> AsyncIterator[MediaServer]:
+    """A real media server on 127.0.0.1 (free port) recording into ``record_dir``."""
+    srv = MediaServer(StreamHandler, host="127.0.0.1", port=0, options=StreamOptions(record_dir))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def ws_url(server: MediaServer, path: str = "/stream") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
