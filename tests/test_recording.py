@@ -1,0 +1,143 @@
+"""WAV files on disk: positions, stereo, safe names, continuation, crash recovery."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from mediastream.recording import (
+    WavFile,
+    WavRecorder,
+    recording_path,
+    recover_recordings,
+    recover_wav,
+    safe_stream_name,
+)
+
+
+@dataclass
+class Frame:
+    track: str
+    pcm: np.ndarray
+    sample_rate: int
+    position: int
+
+
+def tone(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-20000, 20000, n, dtype=np.int16)
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "name"),
+    [
+        ("32DE0DEA-53CB-4B21", "32DE0DEA-53CB-4B21"),
+        ("../../etc/passwd", ".._.._etc_passwd"),
+        ("/abs/path", "_abs_path"),
+        ("my call id", "my_call_id"),
+        ("..", "__"),
+        ("", "_"),
+        ("a\\b:c*?", "a_b_c__"),
+    ],
+)
+def test_safe_names_stay_inside_the_directory(tmp_path: Path, stream_id: str, name: str):
+    assert safe_stream_name(stream_id) == name
+    path = recording_path(tmp_path, stream_id)
+    assert path.parent == tmp_path and path.name == f"{name}.wav"
+    assert path.resolve().parent == tmp_path.resolve()
+
+
+def test_wavfile_positional_writes_and_header(tmp_path: Path):
+    path = tmp_path / "a.wav"
+    wav = WavFile(path, 8000)
+    wav.write(0, tone(100, 1)[:, None])
+    wav.write(50, tone(100, 2)[:, None])  # overlaps and extends
+    wav.close()
+    data, rate = soundfile.read(path, dtype="int16")
+    assert rate == 8000 and len(data) == 150
+    np.testing.assert_array_equal(data[:50], tone(100, 1)[:50])
+    np.testing.assert_array_equal(data[50:], tone(100, 2))
+
+
+def test_recorder_places_frames_by_position_not_arrival(tmp_path: Path):
+    path = tmp_path / "r.wav"
+    rec = WavRecorder(path, 8000, flush_seconds=0.01)
+    frames = [Frame("inbound", tone(160, i), 8000, i * 160) for i in range(20)]
+    order = [1, 0, 3, 2, *range(4, 20)]
+    for i in order:
+        rec.add(frames[i])
+        if i % 3 == 0:
+            rec.flush()
+    rec.close_sync()
+    data, _ = soundfile.read(path, dtype="int16")
+    np.testing.assert_array_equal(data, np.concatenate([f.pcm for f in frames]))
+
+
+async def test_recorder_goes_stereo_when_a_second_track_appears(tmp_path: Path):
+    path = tmp_path / "s.wav"
+    rec = WavRecorder(path, 8000, flush_seconds=0.05)
+    inbound = tone(8000, 1)
+    outbound = tone(4000, 2)
+    for i in range(0, 8000, 160):
+        await rec.write(Frame("inbound", inbound[i : i + 160], 8000, i))
+        if i >= 4000:  # outbound starts half a second in
+            j = i - 4000
+            await rec.write(Frame("outbound", outbound[j : j + 160], 8000, i))
+    await rec.close()
+    data, _ = soundfile.read(path, dtype="int16")
+    assert data.shape == (8000, 2)
+    np.testing.assert_array_equal(data[:, 0], inbound)
+    np.testing.assert_array_equal(data[:4000, 1], 0)
+    np.testing.assert_array_equal(data[4000:, 1], outbound)
+
+
+async def test_outbound_only_stream_is_mono(tmp_path: Path):
+    path = tmp_path / "o.wav"
+    rec = WavRecorder(path, 16000)
+    await rec.write(Frame("outbound", tone(320, 3), 16000, 0))
+    await rec.close()
+    data, rate = soundfile.read(path, dtype="int16")
+    assert rate == 16000 and data.ndim == 1
+    np.testing.assert_array_equal(data, tone(320, 3))
+
+
+async def test_existing_file_is_continued(tmp_path: Path):
+    path = tmp_path / "c.wav"
+    first = WavRecorder(path, 8000)
+    await first.write(Frame("inbound", tone(800, 1), 8000, 0))
+    await first.close()
+    second = WavRecorder(path, 8000)
+    await second.write(Frame("inbound", tone(800, 2), 8000, 0))
+    await second.close()
+    data, _ = soundfile.read(path, dtype="int16")
+    np.testing.assert_array_equal(data, np.concatenate([tone(800, 1), tone(800, 2)]))
+
+
+def test_recover_wav_extends_a_stale_header(tmp_path: Path):
+    path = tmp_path / "k.wav"
+    wav = WavFile(path, 8000)
+    wav.write(0, tone(1000, 1)[:, None])
+    wav.close()
+    # what a kill between writing data and patching the header leaves: more data than declared
+    with open(path, "ab") as f:
+        f.write(tone(501, 2).tobytes()[:-1])  # and a torn last sample
+    assert soundfile.info(path).frames == 1000
+    assert recover_wav(path) is True
+    data, _ = soundfile.read(path, dtype="int16")
+    np.testing.assert_array_equal(data, np.concatenate([tone(1000, 1), tone(500, 2)]))
+    assert recover_wav(path) is False
+    assert recover_recordings(tmp_path) == []
+    (riff_size,) = struct.unpack("<I", path.read_bytes()[4:8])
+    assert riff_size == os.path.getsize(path) - 8
+
+
+def test_rate_mismatch_is_refused(tmp_path: Path):
+    rec = WavRecorder(tmp_path / "m.wav", 8000)
+    with pytest.raises(Exception, match="16000 Hz"):
+        rec.add(Frame("inbound", tone(10, 1), 16000, 0))
+    rec.close_sync()
