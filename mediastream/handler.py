@@ -177,7 +177,8 @@ class StreamConnection:
 
     @property
     def stream_id(self) -> str:
-        return self.session.stream_id or f"<unstarted from {self.peer}>"
+        session = self.session
+        return session.stream_id or session.claimed_stream_id or f"<unstarted from {self.peer}>"
 
     async def receive(self, message: str | bytes) -> bool:
         """Handle one frame; False means the stream must end (the caller closes the socket)."""

@@ -162,6 +162,8 @@ class Session:
     ) -> None:
         self.state = State.AWAITING_START
         self.stream_id: str | None = None
+        # the id a frame named before ``start`` (so early problems can be logged with it)
+        self.claimed_stream_id: str | None = None
         self.start: StartFrame | None = None
         self.media_format: MediaFormat | None = None
         self.sample_rate: int | None = None
@@ -187,6 +189,8 @@ class Session:
         return self.receive_frame(frame)
 
     def receive_frame(self, frame: InboundFrame | UnknownFrame) -> list[Event]:
+        if self.stream_id is None and self.claimed_stream_id is None:
+            self.claimed_stream_id = getattr(frame, "stream_id", None)
         if isinstance(frame, MediaFrame):
             return self._on_media(frame)
         if isinstance(frame, StartFrame):
