@@ -1,0 +1,145 @@
+"""The command line as a user runs it: demo, simulate, serve with a custom handler, examples."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from mediastream.simulate import load_audio, plan_call, synthesize_speechlike
+from tests.processes import REPO, env, free_port, mediastream, start_server, wait_for_port
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+
+def test_help_explains_every_command():
+    result = mediastream("--help")
+    assert result.returncode == 0
+    for command in ("serve", "demo", "simulate", "bench"):
+        assert command in result.stdout
+    serve_help = mediastream("serve", "--help").stdout
+    assert "--record-dir" in serve_help and "--handler" in serve_help and "healthz" in serve_help
+
+
+def test_demo_prints_a_wav_holding_the_audio_it_sent(tmp_path: Path):
+    result = mediastream("--log-level", "warning", "demo", "--record-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"recorded (\S+\.wav)\n\s+([\d.]+) s", result.stdout)
+    assert match, result.stdout
+    path = Path(match.group(1))
+    assert path.parent == tmp_path.resolve() and float(match.group(2)) == 3.0
+    data, rate = soundfile.read(path, dtype="int16")
+    clip = synthesize_speechlike(3.0, 8000)
+    sent = np.frombuffer(audioop.ulaw2lin(plan_call(clip).payloads["inbound"][0], 2), np.int16)
+    expected = np.concatenate(
+        [
+            np.frombuffer(audioop.ulaw2lin(p, 2), np.int16)
+            for p in plan_call(clip).payloads["inbound"]
+        ]
+    )
+    assert rate == 8000 and len(data) == 24000
+    np.testing.assert_array_equal(data[:160], sent)
+    np.testing.assert_array_equal(data, expected)
+    # and it is the clip itself, not just any audio: G.711 keeps it within its quantisation noise
+    error = data.astype(float) - clip
+    snr = 10 * np.log10(np.sum(clip.astype(float) ** 2) / np.sum(error**2))
+    assert snr > 30
+
+
+def test_simulate_command_sends_both_tracks_of_a_file_for_several_calls(tmp_path: Path):
+    record_dir = tmp_path / "rec"
+    source = tmp_path / "speech.flac"
+    rng = np.random.default_rng(0)
+    stereo_44k = (rng.normal(0, 0.1, (44100 * 2, 2))).clip(-1, 1)
+    soundfile.write(source, stereo_44k, 44100)
+    proc, port = start_server("--record-dir", str(record_dir))
+    try:
+        result = mediastream(
+            "simulate", f"ws://127.0.0.1:{port}/", "--audio", str(source), "--codec", "PCMA",
+            "--track", "both", "--calls", "3", "--shuffle", "--stream-id", "cli",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    audio = load_audio(source, 8000)
+    for n in (1, 2, 3):
+        plan = plan_call(audio, codec="PCMA", tracks=("inbound", "outbound"))
+        expected = np.concatenate(
+            [np.frombuffer(audioop.alaw2lin(p, 2), np.int16) for p in plan.payloads["inbound"]]
+        )
+        data, _ = soundfile.read(record_dir / f"cli-{n}.wav", dtype="int16")
+        assert data.shape == (len(expected), 2)
+        np.testing.assert_array_equal(data[:, 0], expected)
+        np.testing.assert_array_equal(data[:, 1], expected)
+
+
+def test_serve_runs_a_handler_given_as_module_and_class(tmp_path: Path):
+    handler_file = tmp_path / "my_bot.py"
+    handler_file.write_text(
+        "from mediastream import StreamHandler\n"
+        "class Bot(StreamHandler):\n"
+        "    async def on_start(self):\n"
+        "        print('BOT START', self.call.stream_id, self.call.custom_parameters, flush=True)\n"
+    )
+    proc, port = start_server("--handler", f"{handler_file}:Bot")
+    try:
+        assert (
+            mediastream("simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "h1").returncode == 0
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "BOT START h1 {}" in output
+
+
+def test_print_levels_example_prints_per_second_levels():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "print_levels.py"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        wait_for_port(port)
+        result = mediastream("simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "lv")
+        assert result.returncode == 0, result.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    levels = [float(v) for v in re.findall(r"lv inbound second \d: +(-?[\d.]+) dBFS", output)]
+    clip = synthesize_speechlike(3.0, 8000).astype(float)
+    expected = [
+        20 * np.log10(np.sqrt(np.mean(clip[i : i + 8000] ** 2)) / 32768) for i in (0, 8000, 16000)
+    ]
+    assert len(levels) == 3, output
+    np.testing.assert_allclose(levels, expected, atol=0.2)  # G.711 changes the level by < 0.2 dB
+
+
+def test_record_calls_example_records(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "record_calls.py"), "--port", str(port),
+         "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        wait_for_port(port)
+        result = mediastream(
+            "simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "ex", "--codec", "L16"
+        )
+        assert result.returncode == 0, result.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    data, rate = soundfile.read(tmp_path / "ex.wav", dtype="int16")
+    assert rate == 16000
+    np.testing.assert_array_equal(data, synthesize_speechlike(3.0, 16000))
