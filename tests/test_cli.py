@@ -38,15 +38,9 @@ def test_demo_prints_a_wav_holding_the_audio_it_sent(tmp_path: Path):
     assert path.parent == tmp_path.resolve() and float(match.group(2)) == 3.0
     data, rate = soundfile.read(path, dtype="int16")
     clip = synthesize_speechlike(3.0, 8000)
-    sent = np.frombuffer(audioop.ulaw2lin(plan_call(clip).payloads["inbound"][0], 2), np.int16)
-    expected = np.concatenate(
-        [
-            np.frombuffer(audioop.ulaw2lin(p, 2), np.int16)
-            for p in plan_call(clip).payloads["inbound"]
-        ]
-    )
+    payloads = plan_call(clip).payloads["inbound"]
+    expected = np.concatenate([np.frombuffer(audioop.ulaw2lin(p, 2), np.int16) for p in payloads])
     assert rate == 8000 and len(data) == 24000
-    np.testing.assert_array_equal(data[:160], sent)
     np.testing.assert_array_equal(data, expected)
     # and it is the clip itself, not just any audio: G.711 keeps it within its quantisation noise
     error = data.astype(float) - clip
