@@ -1,30 +1,23 @@
 """The application API: subclass ``StreamHandler``; one instance serves one stream.
 
-``StreamConnection`` is the glue for one socket: text in, session events out, each event to the
-recorder first (so a failing handler never costs audio) and then to the handler. It only needs a
-``Transport`` (send text, close), so any server library can carry it.
+``Call`` carries the stream's ids and its outbound commands; ``StreamOptions`` the settings every
+stream of a server shares. The runtime that drives handlers is in ``streams.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from mediastream.protocol.frames import MediaFormat
-from mediastream.recording import WavRecorder, recording_path
 from mediastream.session import (
     Audio,
-    Connected,
-    Dtmf,
     Error,
-    Event,
-    MarkEcho,
     Session,
     Started,
-    Stopped,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,6 +75,10 @@ class Call:
             _session=session,
         )
 
+    def attach(self, transport: Transport, session: Session) -> None:
+        """Point the outbound commands at a new socket (after a reconnect)."""
+        self._transport, self._session = transport, session
+
     def _require(self) -> tuple[Transport, Session]:
         if self._transport is None or self._session is None:
             raise RuntimeError(f"stream {self.stream_id}: call is not connected to a socket")
@@ -132,8 +129,12 @@ class StreamHandler:
     async def on_error(self, error: Error) -> None:
         """A carrier ``error`` frame, or bad input on this stream (already logged)."""
 
+    async def on_reconnect(self) -> None:
+        """The carrier reconnected this stream on a new socket (same handler, same recording)."""
+
     async def on_stop(self) -> None:
-        """The stream ended (``stop`` frame, or the socket closed)."""
+        """The stream ended: ``stop`` came, or its socket closed and no reconnect followed
+        within the grace period (or the server shut down)."""
 
 
 HandlerFactory = Callable[[], StreamHandler]
@@ -147,142 +148,6 @@ class StreamOptions:
     reorder_depth: int = 8
     flush_seconds: float = 0.5
     codec_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-class StreamConnection:
-    """Drives one socket: feed it text frames, then ``finish()`` when the socket ends."""
-
-    def __init__(
-        self,
-        handler_factory: HandlerFactory,
-        transport: Transport,
-        options: StreamOptions | None = None,
-        *,
-        peer: str = "?",
-    ) -> None:
-        self.options = options or StreamOptions()
-        self.session = Session(
-            reorder_depth=self.options.reorder_depth, codec_options=self.options.codec_options
-        )
-        self.transport = transport
-        self.peer = peer
-        self.handler: StreamHandler | None = None
-        self.recorder: WavRecorder | None = None
-        self._factory = handler_factory
-        self._handler_failed = False
-        self._finished = False
-        self._error_counts: dict[str, int] = {}
-        self.close_code = CLOSE_NORMAL
-        self.close_reason = ""
-
-    @property
-    def stream_id(self) -> str:
-        session = self.session
-        return session.stream_id or session.claimed_stream_id or f"<unstarted from {self.peer}>"
-
-    async def receive(self, message: str | bytes) -> bool:
-        """Handle one frame; False means the stream must end (the caller closes the socket)."""
-        if isinstance(message, bytes):
-            self._note_error(Error("binary_frame", "binary frame ignored: frames must be text"))
-            return True
-        return await self._dispatch(self.session.receive_text(message))
-
-    async def finish(self) -> None:
-        """The socket is gone: release held audio, finalize the recording, tell the handler."""
-        if self._finished:
-            return
-        self._finished = True
-        try:
-            await self._dispatch(self.session.close())
-        finally:
-            if self.recorder is not None:
-                await self.recorder.close()
-            self._log_error_summary()
-
-    async def _dispatch(self, events: list[Event]) -> bool:
-        keep_going = True
-        for event in events:
-            if isinstance(event, Audio):
-                if self.recorder is not None:
-                    await self.recorder.write(event)
-                keep_going &= await self._call(self.handler and self.handler.on_audio, event)
-            elif isinstance(event, Started):
-                keep_going &= await self._on_started(event)
-            elif isinstance(event, Dtmf):
-                keep_going &= await self._call(self.handler and self.handler.on_dtmf, event.digit)
-            elif isinstance(event, MarkEcho):
-                keep_going &= await self._call(self.handler and self.handler.on_mark, event.name)
-            elif isinstance(event, Error):
-                self._note_error(event)
-                keep_going &= await self._call(self.handler and self.handler.on_error, event)
-                if event.fatal:
-                    self._end(CLOSE_UNSUPPORTED_DATA, event.message)
-                    keep_going = False
-            elif isinstance(event, Stopped):
-                logger.info("stream %s: stopped (%s)", self.stream_id, event.reason)
-                if self.recorder is not None:
-                    await self.recorder.close()
-                keep_going &= await self._call(self.handler and self.handler.on_stop)
-                keep_going = False  # the stream is over; a resumed stream comes on a new socket
-            elif isinstance(event, Connected):
-                logger.debug("connection from %s: connected, version %s", self.peer, event.version)
-        return keep_going
-
-    async def _on_started(self, event: Started) -> bool:
-        fmt = event.media_format
-        logger.info(
-            "stream %s: started from %s, %s %d Hz (decoded at %d Hz)",
-            event.stream_id, self.peer, fmt.encoding, fmt.sample_rate, event.sample_rate,
-        )  # fmt: skip
-        if self.options.record_dir is not None:
-            path = recording_path(self.options.record_dir, event.stream_id)
-            self.recorder = WavRecorder(
-                path,
-                event.sample_rate,
-                flush_seconds=self.options.flush_seconds,
-                stream_id=event.stream_id,
-            )
-            logger.info("stream %s: recording to %s", event.stream_id, path)
-        try:
-            self.handler = self._factory()
-            self.handler.call = Call.from_started(event, self.transport, self.session)
-        except Exception:
-            logger.exception("stream %s: creating the handler failed", event.stream_id)
-            self._handler_failed = True
-            self._end(CLOSE_INTERNAL_ERROR, "handler failed")
-            return False
-        return await self._call(self.handler.on_start)
-
-    async def _call(self, method: Callable[..., Awaitable[None]] | None, *args: Any) -> bool:
-        """Run a handler method; an exception ends this stream (logged), never the server."""
-        if method is None or self._handler_failed:
-            return not self._handler_failed
-        try:
-            await method(*args)
-        except Exception:
-            self._handler_failed = True
-            self._end(CLOSE_INTERNAL_ERROR, "handler failed")
-            logger.exception(
-                "stream %s: handler %s.%s raised; ending this stream",
-                self.stream_id, type(self.handler).__name__, method.__name__,
-            )  # fmt: skip
-            return False
-        return True
-
-    def _end(self, code: int, reason: str) -> None:
-        """Remember why the stream ends, for the close frame (the first reason wins)."""
-        if self.close_code == CLOSE_NORMAL:
-            self.close_code, self.close_reason = code, reason[:120]
-
-    def _note_error(self, error: Error) -> None:
-        """Log the first error of each kind per stream with its message; count the rest."""
-        count = self._error_counts.get(error.kind, 0) + 1
-        self._error_counts[error.kind] = count
-        if count == 1:
-            level = logging.ERROR if error.fatal else logging.WARNING
-            logger.log(level, "stream %s: %s: %s", self.stream_id, error.kind, error.message)
-
-    def _log_error_summary(self) -> None:
-        repeated = {kind: n for kind, n in self._error_counts.items() if n > 1}
-        if repeated:
-            logger.warning("stream %s: repeated errors: %s", self.stream_id, repeated)
+    # a stream whose socket closed without ``stop`` may resume on a new socket this long
+    resume_grace_seconds: float = 30.0
+    capture_dir: Path | None = None

@@ -164,6 +164,16 @@ class WavFile:
             self._fd = -1
 
 
+def unique_recording_path(record_dir: str | os.PathLike[str], stream_id: str) -> Path:
+    """``DIR/<safe id>.wav``, or ``<safe id>.2.wav``, ``.3`` ... if taken: never overwrites."""
+    path = recording_path(record_dir, stream_id)
+    n = 1
+    while path.exists():
+        n += 1
+        path = path.with_name(f"{safe_stream_name(stream_id)}.{n}.wav")
+    return path
+
+
 def recover_wav(path: str | os.PathLike[str]) -> bool:
     """Make the header of a WAV cover all whole frames on disk; True if it had to change."""
     fd = os.open(path, os.O_RDWR)
@@ -218,7 +228,8 @@ class WavRecorder:
 
     ``await write(frame)`` never waits on the disk; blocks of ``flush_seconds`` go to a worker
     thread, one at a time, in order. ``await close()`` writes the rest. If the file already
-    exists (a stream resuming), audio continues after what it holds.
+    exists, audio continues after what it holds (``append``), or is placed at its absolute
+    position (``append=False``, for callers that track the timeline themselves).
     """
 
     def __init__(
@@ -228,12 +239,14 @@ class WavRecorder:
         *,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         stream_id: str | None = None,
+        append: bool = True,
     ) -> None:
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.stream_id = stream_id
         self._file = WavFile(self.path, sample_rate)
-        self._offset = self._file.frames  # continue after an existing recording
+        # append: positions count from the end of what the file holds; else they are absolute
+        self._offset = self._file.frames if append else 0
         self._flush_frames = max(1, int(flush_seconds * sample_rate))
         self._tracks: list[str] = ["inbound"] if self._file.channels == 2 else []
         if self._file.channels == 2:

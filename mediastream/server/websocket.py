@@ -1,18 +1,23 @@
 """The media server on the ``websockets`` library: WebSocket on any path, ``GET /healthz``.
 
-Each socket gets a ``StreamConnection``; this module only moves text between the socket and
-it, answers health checks, and shuts down cleanly: on SIGINT/SIGTERM every socket is closed
-and every recording finalized before the process exits.
+This module moves text between sockets and ``StreamConnection``s and enforces what an operator
+needs from a socket reachable from the internet: an optional streaming auth token (checked in
+constant time, never logged), a frame size limit, a stream limit, handshake and idle timeouts,
+keepalive pings, and a graceful drain on SIGTERM (new sockets refused, ``/healthz`` says
+"draining", live streams given ``drain_seconds`` to finish, then every recording finalized).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
@@ -20,14 +25,30 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from mediastream.handler import HandlerFactory, StreamConnection, StreamHandler, StreamOptions
+from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
+from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
+from mediastream.streams import StreamConnection, StreamRegistry
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-MAX_FRAME_BYTES = 1 << 20
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+@dataclass
+class ServerLimits:
+    """Protective limits; every one is a ``serve`` flag (see ``mediastream serve --help``)."""
+
+    max_frame_bytes: int = 1 << 20
+    max_streams: int = 10_000
+    handshake_seconds: float = 10.0
+    idle_seconds: float = 60.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    drain_seconds: float = 30.0
 
 
 class _SocketTransport:
@@ -45,6 +66,20 @@ class _SocketTransport:
         await self._ws.close(code, reason)
 
 
+class _RedactToken(logging.Filter):
+    """Keeps the auth token out of log records (websockets logs headers at debug level)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "<redacted>"), None
+        return True
+
+
 class MediaServer:
     """Accepts carrier sockets and runs one ``StreamConnection`` per socket."""
 
@@ -56,46 +91,83 @@ class MediaServer:
         port: int = DEFAULT_PORT,
         record_dir: str | Path | None = None,
         options: StreamOptions | None = None,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
+        limits: ServerLimits | None = None,
+        auth_token: str | None = None,
     ) -> None:
-        self.handler_factory: HandlerFactory = handler
         self.host = host
         self.port = port
         self.options = options or StreamOptions()
         if record_dir is not None:
             self.options.record_dir = Path(record_dir)
-        self.max_frame_bytes = max_frame_bytes
+        self.limits = limits or ServerLimits()
+        self.auth_token = auth_token or None
+        self.registry = StreamRegistry(handler, self.options)
         self.connections: set[StreamConnection] = set()
-        self.streams_total = 0
+        self.sockets_total = 0
+        self.draining = False
         self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._log_filter = _RedactToken(self.auth_token) if self.auth_token else None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        record_dir = self.options.record_dir
-        if record_dir is not None:
-            record_dir.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(recover_recordings, record_dir)
+        for directory in (self.options.record_dir, self.options.capture_dir):
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+        if self.options.record_dir is not None:
+            await asyncio.to_thread(recover_recordings, self.options.record_dir)
+        if self._log_filter is not None:
+            for name in ("websockets.server", "websockets", __name__):
+                logging.getLogger(name).addFilter(self._log_filter)
+        limits = self.limits
         self._server = await serve(
             self._handle,
             self.host,
             self.port,
             process_request=self._process_request,
             compression=None,
-            max_size=self.max_frame_bytes,
+            max_size=limits.max_frame_bytes,
+            open_timeout=limits.handshake_seconds,
+            ping_interval=limits.ping_interval,
+            ping_timeout=limits.ping_timeout,
         )
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep_idle())
         logger.info("listening on ws://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        """Close every socket, finalize every recording, stop listening."""
+        """Close every socket now, finalize every recording, stop listening."""
         if self._server is None:
             return
-        self._server.close(close_connections=True)
-        await self._server.wait_closed()
-        logger.info("server stopped; %d stream(s) served", self.streams_total)
+        server, self._server = self._server, None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        server.close(close_connections=True)
+        await server.wait_closed()
+        await self.registry.close_all()
+        if self._log_filter is not None:
+            for name in ("websockets.server", "websockets", __name__):
+                logging.getLogger(name).removeFilter(self._log_filter)
+        logger.info("server stopped; %d socket(s) served", self.sockets_total)
+
+    async def drain(self) -> None:
+        """Refuse new sockets, give live ones ``drain_seconds`` to end, then stop."""
+        self.draining = True
+        deadline = time.monotonic() + self.limits.drain_seconds
+        logger.info(
+            "draining: %d live socket(s), up to %.0f s",
+            len(self.connections), self.limits.drain_seconds,
+        )  # fmt: skip
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self.connections:
+            logger.info("drain time over: closing %d socket(s)", len(self.connections))
+        await self.stop()
 
     async def __aenter__(self) -> MediaServer:
         await self.start()
@@ -105,41 +177,69 @@ class MediaServer:
         await self.stop()
 
     async def serve_forever(self, *, on_ready: Callable[[MediaServer], None] | None = None) -> None:
-        """Run until SIGINT or SIGTERM, then shut down cleanly."""
-        stop = asyncio.Event()
+        """Run until SIGTERM or SIGINT, then drain; a second signal stops at once."""
+        signals = 0
+        got_signal = asyncio.Event()
+        stop_now = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            (got_signal if signals == 1 else stop_now).set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
         await self.start()
         if on_ready is not None:
             on_ready(self)
         try:
-            await stop.wait()
-            logger.info("signal received: closing %d stream(s)", len(self.connections))
+            await got_signal.wait()
+            drain = asyncio.create_task(self.drain())
+            forced = asyncio.create_task(stop_now.wait())
+            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+            if not drain.done():
+                logger.info("second signal: stopping now")
+                drain.cancel()
         finally:
             await self.stop()
 
     # ------------------------------------------------------------ per request / socket
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] == "/healthz" and "upgrade" not in {
-            v.lower() for v in request.headers.get_all("Connection")
-        }:
-            body = json.dumps({"status": "ok", "streams": len(self.connections)})
-            response = ws.respond(HTTPStatus.OK, body + "\n")
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if request.path.split("?", 1)[0] == "/healthz" and not upgrade:
+            status = "draining" if self.draining else "ok"
+            body = json.dumps({"status": status, "streams": len(self.connections)}) + "\n"
+            code = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
+            response = ws.respond(code, body)
             response.headers["Content-Type"] = "application/json"
             return response
+        if self.draining:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is draining\n")
+        if len(self.connections) >= self.limits.max_streams:
+            reason = f"stream limit reached ({self.limits.max_streams} live streams)"
+            logger.warning("refused a socket from %s: %s", _peer(ws), reason)
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
+        if self.auth_token is not None:
+            token = request.headers.get(AUTH_TOKEN_KEY)
+            if token is not None and not _same(token, self.auth_token):
+                logger.warning("refused a socket from %s: wrong streaming auth token", _peer(ws))
+                return ws.respond(HTTPStatus.UNAUTHORIZED, "invalid streaming auth token\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer(ws)
         connection = StreamConnection(
-            self.handler_factory, _SocketTransport(ws), self.options, peer=peer
+            self.registry, _SocketTransport(ws), peer=peer, auth_token=self.auth_token
         )
         self.connections.add(connection)
-        self.streams_total += 1
+        self.sockets_total += 1
         try:
+            if not await self._authenticate(ws, connection):
+                return
             async for message in ws:
                 if not await connection.receive(message):
                     await ws.close(connection.close_code, connection.close_reason)
@@ -153,6 +253,45 @@ class MediaServer:
                 await connection.finish()
             except Exception:
                 logger.exception("stream %s: finishing the stream failed", connection.stream_id)
+
+    async def _authenticate(self, ws: ServerConnection, connection: StreamConnection) -> bool:
+        """Without the token in the upgrade headers, the first frame must carry it."""
+        if self.auth_token is None or ws.request is None:
+            return True
+        if ws.request.headers.get(AUTH_TOKEN_KEY) is not None:
+            return True  # checked in _process_request
+        first = await ws.recv()
+        token = None
+        with contextlib.suppress(Exception):
+            frame = parse_frame(first)
+            if isinstance(frame, ConnectedFrame):
+                token = frame.auth_token
+        if token is None or not _same(token, self.auth_token):
+            logger.warning("refused a socket from %s: no valid streaming auth token", _peer(ws))
+            await ws.close(CLOSE_POLICY, "streaming auth token required")
+            return False
+        return await connection.receive(first)
+
+    async def _sweep_idle(self) -> None:
+        """Close sockets that sent nothing for ``idle_seconds`` (their streams are finalized)."""
+        idle = self.limits.idle_seconds
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            cutoff = time.monotonic() - idle
+            idle_ones = [c for c in self.connections if c.last_activity < cutoff]
+            for connection in idle_ones:
+                logger.warning("stream %s: idle for %.0f s, closing", connection.stream_id, idle)
+                connection.close_code = CLOSE_GOING_AWAY
+                connection.close_reason = f"idle for {idle:g} s"
+                connection.last_activity = float("inf")  # close once
+            await asyncio.gather(
+                *(c.transport.close(c.close_code, c.close_reason) for c in idle_ones),
+                return_exceptions=True,
+            )
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _peer(ws: ServerConnection) -> str:
@@ -169,7 +308,17 @@ def serve_blocking(
     port: int = DEFAULT_PORT,
     record_dir: str | Path | None = None,
     options: StreamOptions | None = None,
+    limits: ServerLimits | None = None,
+    auth_token: str | None = None,
 ) -> None:
-    """Run a media server in this thread until SIGINT/SIGTERM (what ``serve`` does)."""
-    server = MediaServer(handler, host=host, port=port, record_dir=record_dir, options=options)
+    """Run a media server in this thread until SIGTERM/SIGINT (what ``serve`` does)."""
+    server = MediaServer(
+        handler,
+        host=host,
+        port=port,
+        record_dir=record_dir,
+        options=options,
+        limits=limits,
+        auth_token=auth_token,
+    )
     asyncio.run(server.serve_forever())
