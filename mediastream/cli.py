@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mediastream.handler import StreamHandler, StreamOptions
-from mediastream.server.websocket import DEFAULT_HOST, DEFAULT_PORT, MediaServer
+from mediastream.server.websocket import DEFAULT_HOST, DEFAULT_PORT, MediaServer, ServerLimits
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -42,8 +43,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = StreamOptions(
         record_dir=Path(args.record_dir) if args.record_dir else None,
         reorder_depth=args.reorder_depth,
+        resume_grace_seconds=args.resume_grace,
+        capture_dir=Path(args.capture_dir) if args.capture_dir else None,
     )
-    server = MediaServer(handler, host=args.host, port=args.port, options=options)
+    limits = ServerLimits(
+        max_frame_bytes=args.max_frame_bytes,
+        max_streams=args.max_streams,
+        handshake_seconds=args.handshake_timeout,
+        idle_seconds=args.idle_timeout,
+        ping_interval=args.ping_interval or None,
+        ping_timeout=args.ping_interval or None,
+        drain_seconds=args.drain_seconds,
+    )
+    token = args.auth_token or os.environ.get("MEDIASTREAM_AUTH_TOKEN") or None
+    server = MediaServer(
+        handler, host=args.host, port=args.port, options=options, limits=limits, auth_token=token
+    )
 
     def ready(srv: MediaServer) -> None:
         where = f" recording to {options.record_dir}/" if options.record_dir else ""
@@ -135,6 +150,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return asyncio.run(_simulate(args))
 
 
+# ------------------------------------------------------------------ replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from mediastream.replay import replay_files
+
+    results = asyncio.run(replay_files(args.files, args.url, fast=args.fast))
+    for path, sent, code in results:
+        note = f", closed by server with code {code}" if code not in (None, 1000) else ""
+        print(f"{path}: {sent} frames replayed{note}")
+    return 0
+
+
 # ------------------------------------------------------------------ bench
 
 
@@ -176,6 +204,61 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="frames held to reorder before a missing one counts as lost (default %(default)s)",
     )
+    limits = ServerLimits()
+    p.add_argument(
+        "--auth-token",
+        metavar="TOKEN",
+        help="require this x-telnyx-streaming-auth-token (header or connected frame); "
+        "also read from $MEDIASTREAM_AUTH_TOKEN, which keeps it out of the process list",
+    )
+    p.add_argument(
+        "--resume-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a stream whose socket closed without stop may resume this long (%(default)s)",
+    )
+    p.add_argument("--capture-dir", metavar="DIR", help="write raw inbound frames as JSON lines")
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=limits.max_frame_bytes,
+        help="largest frame accepted; bigger closes the socket with 1009 (%(default)s)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=limits.max_streams,
+        help="live sockets at most; more are refused with HTTP 503 (%(default)s)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=limits.handshake_seconds,
+        metavar="SECONDS",
+        help="time for a client to complete the WebSocket handshake (%(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=limits.idle_seconds,
+        metavar="SECONDS",
+        help="close a socket that sends nothing this long, finishing its stream (%(default)s)",
+    )
+    p.add_argument(
+        "--ping-interval",
+        type=float,
+        default=limits.ping_interval,
+        metavar="SECONDS",
+        help="keepalive ping period and timeout, to detect half-open sockets; 0 disables "
+        "(%(default)s)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=limits.drain_seconds,
+        help="on SIGTERM, time live streams get to finish before they are closed (%(default)s)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -212,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-id", help="stream id (with --calls N: ID-1 .. ID-N)")
     p.add_argument("--no-stop", action="store_true", help="close the socket without a stop frame")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "replay",
+        help="send captured frames to a server with their original timing",
+        description="Replay capture files written by serve --capture-dir (one socket per "
+        "file, in the order given), with the original timing or as fast as possible.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="capture file(s), .jsonl")
+    p.add_argument("url", help="server WebSocket URL")
+    p.add_argument("--fast", action="store_true", help="ignore the original timing")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
         "bench",
