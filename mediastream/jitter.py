@@ -23,10 +23,15 @@ _REMEMBERED_GAPS = 256
 
 @dataclass(slots=True)
 class Release(Generic[T]):
-    """One released slot: ``item`` is None when the frame with ``key`` was lost."""
+    """One released slot: ``item`` is None when the frame with ``key`` was lost.
+
+    ``late`` marks a frame that arrived after its slot was given up (released as a gap, or
+    before the first frame released): it belongs back in that slot, out of order.
+    """
 
     key: int | None
     item: T | None
+    late: bool = False
 
 
 @dataclass(slots=True)
@@ -51,6 +56,8 @@ class ReorderBuffer(Generic[T]):
         self.stats = ReorderStats()
         self._pending: dict[int, T] = {}
         self._gap_keys: deque[int] = deque(maxlen=_REMEMBERED_GAPS)
+        self._first_released: int | None = None
+        self._late_seen: deque[int] = deque(maxlen=_REMEMBERED_GAPS)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -63,11 +70,7 @@ class ReorderBuffer(Generic[T]):
         if self.next_key is not None and key < self.next_key:
             if self.next_key - key > MAX_GAP_FRAMES:
                 return self._restart(key, item)
-            if key in self._gap_keys:
-                self.stats.late += 1
-            else:
-                self.stats.duplicates += 1
-            return []
+            return self._late(key, item)
         if key in self._pending:
             self.stats.duplicates += 1
             return []
@@ -94,9 +97,23 @@ class ReorderBuffer(Generic[T]):
         out = self.flush()
         self.next_key = None
         self._gap_keys.clear()
+        self._late_seen.clear()
+        self._first_released = None
         return out
 
     # ------------------------------------------------------------------ internals
+
+    def _late(self, key: int, item: T) -> list[Release[T]]:
+        """A key behind ``next_key``: a late frame for a given-up slot, or a duplicate."""
+        first = self._first_released
+        if key in self._gap_keys:
+            self._gap_keys.remove(key)
+        elif first is None or key >= first or key in self._late_seen:
+            self.stats.duplicates += 1
+            return []
+        self._late_seen.append(key)
+        self.stats.late += 1
+        return [Release(key, item, late=True)]
 
     def _restart(self, key: int, item: T) -> list[Release[T]]:
         out = self.flush()
@@ -128,6 +145,8 @@ class ReorderBuffer(Generic[T]):
         while self.next_key in self._pending:
             out.append(Release(self.next_key, self._pending.pop(self.next_key)))
             self.next_key += 1
+        if out and self._first_released is None:
+            self._first_released = out[0].key
         self.stats.released += len(out)
         return out
 

@@ -46,6 +46,7 @@ MAX_EARLY_FRAMES = 500
 # Timestamps larger than this (ms) are not "ms since stream start"; they are not used to place
 # the first frame of a track.
 MAX_TRUSTED_TIMESTAMP_MS = 6 * 3600 * 1000
+MAX_REMEMBERED_GAPS = 512
 
 
 class State(Enum):
@@ -76,7 +77,9 @@ class Audio:
     """Decoded audio of one frame (or silence standing in for a lost one).
 
     ``position`` is the index of the first sample on the track's timeline, counted from the
-    start of the stream at ``sample_rate``: it is what places audio in a recording.
+    start of the stream at ``sample_rate``: it is what places audio in a recording. ``late``
+    audio arrived after its slot was given up (and played as silence): it is out of order, for
+    recordings to put back in place; handlers are not given it.
     """
 
     track: str
@@ -85,6 +88,7 @@ class Audio:
     position: int
     chunk: int | None = None
     missing: bool = False
+    late: bool = False
 
     @property
     def timestamp_ms(self) -> float:
@@ -141,6 +145,17 @@ class _Track:
     buffer: ReorderBuffer[tuple[bytes, int | None]]
     position: int | None = None
     frame_samples: int = 0
+    first_key: int | None = None
+    first_position: int = 0
+    # where given-up slots sit, so a frame arriving after its slot was filled can go back there
+    gap_positions: dict[int, int] = field(default_factory=dict)
+
+    def remember_gap(self, key: int | None, position: int) -> None:
+        if key is None:
+            return
+        self.gap_positions[key] = position
+        if len(self.gap_positions) > MAX_REMEMBERED_GAPS:
+            del self.gap_positions[next(iter(self.gap_positions))]
 
 
 @dataclass(slots=True)
@@ -327,25 +342,52 @@ class Session:
         events: list[Event] = []
         rate = track.decoder.sample_rate
         for slot in released:
-            if slot.item is None:
+            if slot.late:
+                events.extend(self._late_audio(track, slot.key, slot.item))
+                continue
+            pcm = None
+            if slot.item is not None:
+                payload, timestamp = slot.item
+                try:
+                    pcm = track.decoder.decode(payload)
+                except (CodecError, ValueError) as exc:
+                    message = f"{track.name} frame {slot.key}: {exc}"
+                    events.append(self._error("decode_error", message, "codec"))
+                if pcm is not None and track.position is None:
+                    track.position = track.first_position = _first_position(timestamp, rate)
+                    track.first_key = slot.key
+            if pcm is None:  # lost, or undecodable: silence of a frame's length
                 if track.position is None or not track.frame_samples:
                     continue
                 pcm = np.zeros(track.frame_samples, dtype=np.int16)
+                track.remember_gap(slot.key, track.position)
                 events.append(Audio(track.name, pcm, rate, track.position, slot.key, True))
-                track.position += track.frame_samples
-                continue
-            payload, timestamp = slot.item
-            try:
-                pcm = track.decoder.decode(payload)
-            except (CodecError, ValueError) as exc:
-                events.append(self._error("decode_error", f"{track.name} frame: {exc}", "codec"))
-                continue
-            if track.position is None:
-                track.position = _first_position(timestamp, rate)
-            track.frame_samples = len(pcm) or track.frame_samples
-            events.append(Audio(track.name, pcm, rate, track.position, slot.key))
+            else:
+                track.frame_samples = len(pcm) or track.frame_samples
+                events.append(Audio(track.name, pcm, rate, track.position, slot.key))
             track.position += len(pcm)
         return events
+
+    def _late_audio(
+        self, track: _Track, key: int | None, item: tuple[bytes, int | None] | None
+    ) -> list[Event]:
+        """Decode a frame that missed its slot and say where it belongs.
+
+        Only stateless codecs can decode a frame out of order; for the others (G.722) the
+        frame is reported and dropped, since decoding it would corrupt the predictor state.
+        """
+        if key is None or item is None:
+            return []
+        position = track.gap_positions.pop(key, None)
+        if position is None and track.first_key is not None and key < track.first_key:
+            position = track.first_position - (track.first_key - key) * track.frame_samples
+        if position is None or position < 0 or not getattr(track.decoder, "stateless", False):
+            return [self._error("late_frame", f"{track.name} frame {key} too late, dropped")]
+        try:
+            pcm = track.decoder.decode(item[0])
+        except (CodecError, ValueError) as exc:
+            return [self._error("decode_error", f"{track.name} frame {key}: {exc}", "codec")]
+        return [Audio(track.name, pcm, track.decoder.sample_rate, position, key, late=True)]
 
     def _error(
         self,

@@ -259,7 +259,8 @@ class StreamConnection:
                 self._place(stream, event)
                 if stream.recorder is not None:
                     await stream.recorder.write(event)
-                keep_going &= await stream.call_handler("on_audio", event)
+                if not event.late:  # handlers get an in-order stream; late audio patches files
+                    keep_going &= await stream.call_handler("on_audio", event)
             elif isinstance(event, Started):
                 keep_going &= await self._on_started(event)
                 stream = self.stream

@@ -44,13 +44,23 @@ def test_lost_frame_becomes_gap_after_depth_frames():
     assert buf.stats.gaps == 1
 
 
-def test_late_frame_after_gap_is_dropped_and_counted_late():
+def test_late_frame_after_gap_is_released_once_marked_late():
     buf = ReorderBuffer(depth=1)
     buf.push(1, 1)
     buf.push(3, 3)
     buf.push(4, 4)  # 2 declared lost
-    assert buf.push(2, 2) == []
-    assert buf.stats.late == 1 and buf.stats.duplicates == 0
+    (late,) = buf.push(2, 2)
+    assert (late.key, late.item, late.late) == (2, 2, True)
+    assert buf.push(2, 2) == []  # a second copy is a duplicate
+    assert (buf.stats.late, buf.stats.duplicates) == (1, 1)
+
+
+def test_frame_older_than_the_first_released_is_late_not_duplicate():
+    buf = ReorderBuffer(depth=1)
+    buf.push(3, 3)
+    buf.push(4, 4)  # released from 3 on: 1 and 2 have not been seen
+    assert [(r.key, r.late) for r in buf.push(1, 1)] == [(1, True)]
+    assert buf.push(3, 3) == []
 
 
 def test_duplicates_dropped_whether_released_or_held():

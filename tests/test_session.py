@@ -180,3 +180,27 @@ def test_outbound_frames():
     assert json.loads(s.media(b"\xff")) == {"event": "media", "media": {"payload": "/w=="}}
     assert json.loads(s.mark("x")) == {"event": "mark", "mark": {"name": "x"}}
     assert json.loads(s.clear()) == {"event": "clear"}
+
+
+def test_late_frames_come_back_marked_with_their_slot_position():
+    s = Session(reorder_depth=2)
+    order = [3, 4, 5, 1, 7, 8, 9, 6, 10, 2]  # 1, 2 and 6 arrive after their slots were given up
+    events = run(s, [start()] + [media(c, PAYLOADS[c - 1]) for c in order]) + s.close()
+    timeline = np.zeros(10 * 160, dtype=np.int16)
+    for e in events:
+        if isinstance(e, Audio):
+            timeline[e.position : e.position + len(e.pcm)] = e.pcm  # what a recording does
+    np.testing.assert_array_equal(timeline, ulaw(PAYLOADS[:10]))
+    late = sorted(e.chunk for e in events if isinstance(e, Audio) and e.late)
+    assert late == [1, 2, 6]
+
+
+def test_undecodable_frame_is_silence_and_keeps_the_timeline():
+    s = Session()
+    pcm = np.arange(320, dtype=np.int16)
+    frames = [start("L16", 16000), media(1, pcm.tobytes()), media(2, b"\x00\x01\x02")]
+    frames.append(media(3, pcm.tobytes()))
+    events = run(s, frames)
+    audio = [e for e in events if isinstance(e, Audio)]
+    assert [(e.position, e.missing) for e in audio] == [(0, False), (320, True), (640, False)]
+    assert any(isinstance(e, Error) and e.kind == "decode_error" for e in events)

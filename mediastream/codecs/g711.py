@@ -98,6 +98,7 @@ class _G711Decoder:
 
     encoding = ""
     sample_rate = SAMPLE_RATE
+    stateless = True  # a frame decodes the same in any order
     _table: np.ndarray
 
     def __init__(self, sample_rate: int | None = None) -> None:

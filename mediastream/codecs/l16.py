@@ -23,6 +23,7 @@ def _dtype(byteorder: str) -> np.dtype:
 
 class L16Decoder:
     encoding = "L16"
+    stateless = True
 
     def __init__(self, sample_rate: int | None = None, byteorder: ByteOrder = "big") -> None:
         self.sample_rate = int(sample_rate or DEFAULT_SAMPLE_RATE)
