@@ -27,6 +27,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from mediastream import codecs
+from mediastream.logs import redacting_logger
 
 FRAME_MS = 20
 DEFAULT_SHUFFLE_WINDOW = 5
@@ -227,7 +228,8 @@ async def send_call(
 ) -> CallResult:
     """Open a socket to ``url`` and send the plan's frames; collect what the server sends."""
     result = CallResult(plan)
-    async with connect(url, additional_headers=headers, compression=None) as ws:
+    logger = redacting_logger("mediastream.simulate.websocket")
+    async with connect(url, additional_headers=headers, compression=None, logger=logger) as ws:
         reader = asyncio.create_task(_collect(ws, result))
         try:
             await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))

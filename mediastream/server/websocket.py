@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
+from mediastream.logs import redacting_logger
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
 from mediastream.streams import StreamConnection, StreamRegistry
@@ -66,20 +67,6 @@ class _SocketTransport:
         await self._ws.close(code, reason)
 
 
-class _RedactToken(logging.Filter):
-    """Keeps the auth token out of log records (websockets logs headers at debug level)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.token in message:
-            record.msg, record.args = message.replace(self.token, "<redacted>"), None
-        return True
-
-
 class MediaServer:
     """Accepts carrier sockets and runs one ``StreamConnection`` per socket."""
 
@@ -107,7 +94,6 @@ class MediaServer:
         self.draining = False
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._log_filter = _RedactToken(self.auth_token) if self.auth_token else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -117,9 +103,6 @@ class MediaServer:
                 directory.mkdir(parents=True, exist_ok=True)
         if self.options.record_dir is not None:
             await asyncio.to_thread(recover_recordings, self.options.record_dir)
-        if self._log_filter is not None:
-            for name in ("websockets.server", "websockets", __name__):
-                logging.getLogger(name).addFilter(self._log_filter)
         limits = self.limits
         self._server = await serve(
             self._handle,
@@ -131,6 +114,7 @@ class MediaServer:
             open_timeout=limits.handshake_seconds,
             ping_interval=limits.ping_interval,
             ping_timeout=limits.ping_timeout,
+            logger=redacting_logger("websockets.server", self.auth_token),
         )
         sockets = self._server.sockets
         if sockets:
@@ -150,9 +134,6 @@ class MediaServer:
         server.close(close_connections=True)
         await server.wait_closed()
         await self.registry.close_all()
-        if self._log_filter is not None:
-            for name in ("websockets.server", "websockets", __name__):
-                logging.getLogger(name).removeFilter(self._log_filter)
         logger.info("server stopped; %d socket(s) served", self.sockets_total)
 
     async def drain(self) -> None:

@@ -1,0 +1,41 @@
+"""Logging helpers: keep secrets (the streaming auth token) out of every log record."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from mediastream.protocol.frames import AUTH_TOKEN_KEY
+
+REDACTED = "<redacted>"
+# websockets logs handshake headers at debug level: "> x-telnyx-streaming-auth-token: VALUE"
+_HEADER_LINE = re.compile(rf"({re.escape(AUTH_TOKEN_KEY)}[\"']?\s*[:=]\s*[\"']?)[^\s\"',}}]+", re.I)
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites a record whose text holds the auth token (a known value, or any header value).
+
+    A logger's filters see only records created on that logger, not those propagated from its
+    children, so attach it to each logger that may log headers (``websockets.server``...).
+    """
+
+    def __init__(self, secret: str | None = None) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _HEADER_LINE.sub(rf"\g<1>{REDACTED}", message)
+        if self.secret:
+            redacted = redacted.replace(self.secret, REDACTED)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def redacting_logger(name: str, secret: str | None = None) -> logging.Logger:
+    """A logger (for websockets' ``logger=`` option) whose records never carry the token."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactSecrets) and f.secret == secret for f in logger.filters):
+        logger.addFilter(RedactSecrets(secret))
+    return logger
