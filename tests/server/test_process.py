@@ -99,3 +99,41 @@ async def test_sigterm_mid_call_finalizes_the_recording(tmp_path: Path):
     assert len(data) >= sent_before_signal * 160
     assert len(data) <= len(times) * 160
     np.testing.assert_array_equal(data, plan.expected_pcm()[: len(data)])
+
+
+async def _healthz(port: int) -> tuple[int, dict]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    response = (await reader.read(4096)).decode()
+    writer.close()
+    head, _, body = response.partition("\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_sigterm_drains_twenty_live_calls(tmp_path: Path):
+    from mediastream.simulate import send_call
+
+    record_dir = tmp_path / "rec"
+    proc, port = start_server("--record-dir", str(record_dir), "--drain-seconds", "20")
+    voice = synthesize_speechlike(3.0, 8000)
+    plans = [plan_call(voice, codec="PCMU", stream_id=f"drain-{i}", seed=i) for i in range(20)]
+    try:
+        assert await _healthz(port) == (200, {"status": "ok", "streams": 0})
+        calls = [
+            asyncio.create_task(send_call(f"ws://127.0.0.1:{port}/", p, realtime=True))
+            for p in plans
+        ]
+        await asyncio.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        status, body = await _healthz(port)
+        assert (status, body["status"]) == (503, "draining") and body["streams"] == 20
+        results = await asyncio.gather(*calls)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    assert not any(r.closed_by_server for r in results)
+    for plan in plans:
+        data, _ = soundfile.read(record_dir / f"{plan.stream_id}.wav", dtype="int16")
+        np.testing.assert_array_equal(data, plan.expected_pcm())

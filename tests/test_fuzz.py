@@ -1,0 +1,126 @@
+"""Property tests: random, mutated, reordered and truncated frames never break the session.
+
+Default profile: a few hundred examples per property. The long profile (at least 10,000
+examples) runs outside the default suite:
+    HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz.py
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import warnings
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mediastream.errors import ProtocolError
+from mediastream.protocol import parse_frame
+from mediastream.session import Audio, Session
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile(
+    "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("default")
+
+FRAME = 160
+
+
+def start_text() -> str:
+    fmt = {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}
+    return json.dumps({"event": "start", "stream_id": "fuzz", "start": {"media_format": fmt}})
+
+
+def media_text(chunk: int, payload: bytes) -> str:
+    media = {
+        "track": "inbound",
+        "chunk": str(chunk),
+        "timestamp": str((chunk - 1) * 20),
+        "payload": base64.b64encode(payload).decode(),
+    }
+    return json.dumps({"event": "media", "sequence_number": str(chunk + 1), "media": media})
+
+
+junk_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@st.composite
+def noisy_call(draw: st.DrawFn) -> tuple[list[bytes], list[str]]:
+    """A call's frames in any order, with duplicates, junk and truncated copies mixed in."""
+    n = draw(st.integers(1, 40))
+    payloads = [draw(st.binary(min_size=FRAME, max_size=FRAME)) for _ in range(n)]
+    frames = [media_text(c, p) for c, p in enumerate(payloads, start=1)]
+    order = draw(st.permutations(frames))
+    noise = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(frames),  # a duplicate
+                st.sampled_from(frames).flatmap(
+                    lambda f: st.integers(0, len(f) - 1).map(lambda k: f[:k])  # truncated
+                ),
+                st.text(max_size=60),  # not JSON at all
+                junk_json.map(json.dumps),  # JSON, but no frame
+                st.just('{"event":"media","media":{"track":"inbound","chunk":"1","payload":"@@"}}'),
+                st.just('{"event":"mystery","stream_id":"fuzz"}'),
+            ),
+            max_size=15,
+        )
+    )
+    stream = list(order)
+    for item in noise:
+        stream.insert(draw(st.integers(0, len(stream))), item)
+    early = draw(st.integers(0, min(3, len(stream))))  # some media may come before start
+    return payloads, [*stream[:early], start_text(), *stream[early:]]
+
+
+@given(noisy_call(), st.integers(0, 10))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_any_order_and_noise_give_the_in_order_audio(
+    call: tuple[list[bytes], list[str]], depth: int
+):
+    payloads, texts = call
+    session = Session(reorder_depth=depth)
+    events = []
+    for text in texts:
+        events += session.receive_text(text)
+    events += session.close()
+    timeline = np.zeros(len(payloads) * FRAME, dtype=np.int16)
+    covered = np.zeros(len(payloads) * FRAME, dtype=bool)
+    for event in events:
+        if isinstance(event, Audio) and len(event.pcm):
+            end = event.position + len(event.pcm)
+            assert event.position >= 0 and end <= len(timeline)
+            if not event.missing:
+                timeline[event.position : end] = event.pcm
+                covered[event.position : end] = True
+    expected = np.frombuffer(audioop.ulaw2lin(b"".join(payloads), 2), dtype=np.int16)
+    assert covered.all(), "a valid frame's audio was lost"
+    np.testing.assert_array_equal(timeline, expected)
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), junk_json.map(json.dumps)))
+def test_parser_raises_only_protocol_errors(text: str | bytes):
+    with contextlib.suppress(ProtocolError):
+        parse_frame(text)
+
+
+@given(st.sampled_from([start_text(), media_text(3, bytes(160)), '{"event":"stop"}']), st.data())
+def test_truncated_frames_are_errors_never_crashes(frame: str, data: st.DataObject):
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    session = Session()
+    session.receive_text(start_text())
+    events = session.receive_text(frame[:cut])
+    assert len(events) == 1 and events[0].kind in ("malformed_json", "invalid_frame")
