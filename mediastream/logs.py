@@ -12,6 +12,12 @@ REDACTED = "<redacted>"
 _HEADER_LINE = re.compile(rf"({re.escape(AUTH_TOKEN_KEY)}[\"']?\s*[:=]\s*[\"']?)[^\s\"',}}]+", re.I)
 
 
+def redact_secrets(text: str, secret: str | None = None) -> str:
+    """``text`` with auth-token header values (and ``secret`` itself) replaced."""
+    redacted = _HEADER_LINE.sub(rf"\g<1>{REDACTED}", text)
+    return redacted.replace(secret, REDACTED) if secret else redacted
+
+
 class RedactSecrets(logging.Filter):
     """Rewrites a record whose text holds the auth token (a known value, or any header value).
 
@@ -25,9 +31,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _HEADER_LINE.sub(rf"\g<1>{REDACTED}", message)
-        if self.secret:
-            redacted = redacted.replace(self.secret, REDACTED)
+        redacted = redact_secrets(message, self.secret)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

@@ -18,6 +18,7 @@ import numpy as np
 from mediastream import codecs
 from mediastream.errors import CodecError, ProtocolError, UnsupportedCodecError
 from mediastream.jitter import DEFAULT_DEPTH, ReorderBuffer
+from mediastream.logs import redact_secrets
 from mediastream.protocol.frames import (
     ConnectedFrame,
     DtmfFrame,
@@ -200,7 +201,7 @@ class Session:
             frame = parse_frame(text)
         except ProtocolError as exc:
             kind = "malformed_json" if "not valid JSON" in str(exc) else "invalid_frame"
-            return [self._error(kind, str(exc))]
+            return [self._error(kind, f"{exc}; frame began {_sample(text)}")]
         return self.receive_frame(frame)
 
     def receive_frame(self, frame: InboundFrame | UnknownFrame) -> list[Event]:
@@ -405,6 +406,13 @@ class Session:
 
     def reorder_stats(self) -> dict[str, object]:
         return {name: track.buffer.stats for name, track in self._tracks.items()}
+
+
+def _sample(text: str | bytes, limit: int = 80) -> str:
+    """The start of an offending frame, for logs (an auth token in it is redacted)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return repr(redact_secrets(text[:limit]))
 
 
 def _first_position(timestamp_ms: int | None, rate: int) -> int:

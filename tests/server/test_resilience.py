@@ -266,3 +266,51 @@ async def test_binary_frame_is_rejected_with_a_reason_and_the_stream_goes_on(
     )
     assert any("binary frame rejected" in r.getMessage() and "binary" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+async def test_unsupported_codec_ends_that_stream_naming_the_codec(server: MediaServer):
+    plan = plan_call(VOICE[:800], stream_id="speex-call")
+    start = plan.start_frame()
+    start["start"]["media_format"]["encoding"] = "SPEEX"
+    async with connect(ws_url(server)) as ws:
+        await ws.send(json.dumps(start))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd.code == 1003 and "SPEEX" in closed.value.rcvd.reason
+    ok = plan_call(VOICE[:800], stream_id="still-fine")
+    result = await send_call(ws_url(server), ok)
+    assert not result.closed_by_server
+
+
+async def test_malformed_frames_logged_once_per_kind_with_a_sample(
+    server: MediaServer, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO)
+    plan = plan_call(VOICE[:1600], stream_id="noisy")
+    frames = [json.dumps(plan.start_frame())]
+    for _, frame in plan.media_frames():
+        frames += [json.dumps(frame), '{"event": "media", "oops']
+    async with connect(ws_url(server)) as ws:
+        for text in [*frames, json.dumps(plan.stop_frame(99))]:
+            await ws.send(text)
+        await ws.wait_closed()
+    await server.stop()
+    malformed = [r.getMessage() for r in caplog.records if "malformed_json" in r.getMessage()]
+    assert len(malformed) == 2  # the first, with a sample; then one summary with the count
+    assert 'frame began \'{"event": "media", "oops\'' in malformed[0]
+    assert "'malformed_json': 10" in malformed[1]
+
+
+async def test_capture_never_holds_the_auth_token(tmp_path: Path):
+    capture_dir = tmp_path / "cap"
+    options = StreamOptions(capture_dir=capture_dir)
+    async with MediaServer(port=0, options=options, auth_token=TOKEN) as srv:
+        plan = plan_call(VOICE[:800], stream_id="secret-call")
+        connected = {"event": "connected", "connected": {"x-telnyx-streaming-auth-token": TOKEN}}
+        frames = [json.dumps(connected), json.dumps(plan.start_frame())]
+        frames += [json.dumps(f) for _, f in plan.media_frames()]
+        await send_frames(ws_url(srv), [*frames, json.dumps(plan.stop_frame(9))], stop=True)
+    (capture,) = capture_dir.iterdir()
+    text = capture.read_text()
+    assert TOKEN not in text and "<redacted>" in text
+    assert text.count("\n") == len(frames) + 1
