@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
+from mediastream.playback import Playback, PlaybackConfig, Player
 from mediastream.protocol.frames import MediaFormat
 from mediastream.session import (
     Audio,
@@ -55,6 +58,8 @@ class Call:
     sample_rate: int = 8000
     _transport: Transport | None = field(default=None, repr=False)
     _session: Session | None = field(default=None, repr=False)
+    playback_config: PlaybackConfig = field(default_factory=PlaybackConfig, repr=False)
+    _player: Player | None = field(default=None, repr=False)
 
     @classmethod
     def from_started(cls, event: Started, transport: Transport, session: Session) -> Call:
@@ -89,15 +94,46 @@ class Call:
         transport, session = self._require()
         await transport.send(session.media(payload))
 
+    @property
+    def player(self) -> Player:
+        """The call's playback queue (created on first use, with ``playback_config``)."""
+        if self._player is None:
+            self._require()
+            self._player = Player(
+                self._send_text,
+                self.playback_config,
+                stream_id=self.stream_id,
+                on_failure=self._on_send_failure,
+            )
+        return self._player
+
+    async def _send_text(self, text: str) -> None:
+        transport, _ = self._require()
+        await transport.send(text)
+
+    async def _on_send_failure(self, error: Exception) -> None:
+        transport, _ = self._require()
+        await transport.close(CLOSE_INTERNAL_ERROR, "send timeout: the socket stopped draining")
+
+    async def play(self, pcm: np.ndarray, sample_rate: int) -> Playback:
+        """Queue int16 mono PCM for the caller; ``await (await play(...)).finished()``."""
+        return await self.player.play(pcm, sample_rate)
+
+    async def play_file(self, path: str | Path) -> Playback:
+        """Play any file soundfile reads (WAV, FLAC, OGG, MP3), at any rate."""
+        return await self.player.play_file(str(path))
+
     async def mark(self, name: str) -> None:
-        """Send a ``mark``; the carrier echoes it (``on_mark``) once the audio before it played."""
-        transport, session = self._require()
-        await transport.send(session.mark(name))
+        """A ``mark`` after the audio queued so far; echoed to ``on_mark`` once that played."""
+        await self.player.mark(name)
 
     async def clear(self) -> None:
-        """Ask the carrier to stop playback and drop its queue (queued marks come back)."""
-        transport, session = self._require()
-        await transport.send(session.clear())
+        """Barge-in: stop playback now, drop our queue and the carrier's (queued marks return)."""
+        await self.player.clear()
+
+    async def close_player(self) -> None:
+        if self._player is not None:
+            await self._player.close()
 
     async def hang_up_stream(self, reason: str = "closed by application") -> None:
         """Close this stream's socket (the call itself goes on)."""
@@ -113,6 +149,7 @@ class StreamHandler:
     """
 
     call: Call
+    playback: PlaybackConfig | None = None  # overrides the server's playback settings
 
     async def on_start(self) -> None:
         """The stream started: ``self.call`` holds the ids, parameters and media format."""
@@ -151,3 +188,4 @@ class StreamOptions:
     # a stream whose socket closed without ``stop`` may resume on a new socket this long
     resume_grace_seconds: float = 30.0
     capture_dir: Path | None = None
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)

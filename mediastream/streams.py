@@ -161,6 +161,7 @@ class StreamRegistry:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
         try:
+            await stream.call.close_player()
             if stream.recorder is not None:
                 await stream.recorder.close()
         finally:
@@ -268,7 +269,7 @@ class StreamConnection:
                 if stream is not None:
                     keep_going &= await stream.call_handler("on_dtmf", event.digit)
             elif isinstance(event, MarkEcho):
-                if stream is not None:
+                if stream is not None and self._is_app_mark(stream, event.name):
                     keep_going &= await stream.call_handler("on_mark", event.name)
             elif isinstance(event, Error):
                 self._note_error(event)
@@ -318,12 +319,18 @@ class StreamConnection:
             stream.error_counts[kind] = stream.error_counts.get(kind, 0) + count
         try:
             stream.handler = self.registry.handler_factory()
+            stream.call.playback_config = stream.handler.playback or self.registry.options.playback
             stream.handler.call = stream.call
         except Exception:
             logger.exception("stream %s: creating the handler failed", event.stream_id)
             stream.failed = True
             return False
         return await stream.call_handler("on_start")
+
+    @staticmethod
+    def _is_app_mark(stream: Stream, name: str) -> bool:
+        player = stream.call._player
+        return player.on_mark_echo(name) if player is not None else True
 
     def _end(self, code: int, reason: str) -> None:
         """Remember why the stream ends, for the close frame (the first reason wins)."""

@@ -1,0 +1,321 @@
+"""Bidirectional playback: audio to the carrier in RTP or MP3 mode, marks, barge-in with clear.
+
+The carrier plays what we send in order and echoes a ``mark`` once the audio before it has
+played; ``clear`` stops playback, empties its queue and echoes every queued mark. So a playback
+is sent, then its mark; the echo says it was heard to the end, unless a clear came first.
+
+RTP mode sends chunks paced in real time with a small bounded lead: the carrier never holds
+more than ``lead_ms`` of our audio, so a ``clear`` cuts the caller off within about that. We keep
+a model of the far end's playout clock (when everything sent so far will have played) to know
+how much of a playback was heard when it is cleared. MP3 mode sends one whole MP3 file per
+playback and never two media messages within ``mp3_min_interval`` (the carrier's limit is one a
+second). Every send has a timeout: a socket that stops draining fails the playback with a clear
+error instead of wedging the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import soundfile
+
+from mediastream import codecs
+from mediastream.errors import MediaStreamError
+from mediastream.protocol.frames import OutboundClear, OutboundMark, OutboundMedia, encode_outbound
+from mediastream.resample import StreamResampler
+
+logger = logging.getLogger(__name__)
+
+MARK_PREFIX = "ms-play-"
+
+
+class PlaybackError(MediaStreamError):
+    """Audio could not be sent (the socket stopped draining, or the stream ended)."""
+
+
+@dataclass
+class PlaybackConfig:
+    """How audio goes back to the carrier; mirrors the ``<Stream>`` bidirectional attributes.
+
+    The start frame does not say which playback codec was requested, so the application
+    declares it here (server-wide in ``StreamOptions``, or per handler as ``playback``).
+    """
+
+    mode: Literal["rtp", "mp3"] = "rtp"
+    codec: str = "PCMU"  # bidirectionalCodec
+    sample_rate: int = 8000  # bidirectionalSamplingRate (L16/OPUS); G.711 is 8000, G.722 16000
+    chunk_ms: int = 20
+    lead_ms: int = 60
+    send_timeout: float = 5.0
+    mp3_min_interval: float = 1.0
+    codec_options: dict[str, object] = field(default_factory=dict)
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+@dataclass(eq=False)
+class Playback:
+    """One ``play()``: resolves True when the carrier echoed its mark, False when cleared."""
+
+    mark_name: str
+    duration_ms: float
+    started_at: float | None = None  # when the far end began playing it (our model)
+    interrupted: bool = False
+    _heard_ms: float | None = None
+    _done: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    async def finished(self) -> bool:
+        """True if heard to the end, False if cleared; raises PlaybackError if sending failed."""
+        return await asyncio.shield(self._done)
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    @property
+    def heard_ms(self) -> float:
+        """How much the caller heard: all of it, the part before a clear, or so far."""
+        if self._heard_ms is not None:
+            return self._heard_ms
+        if self.started_at is None:
+            return 0.0
+        return min(self.duration_ms, max(0.0, (time.monotonic() - self.started_at) * 1000))
+
+    def _resolve(self, played: bool, heard_ms: float) -> None:
+        if self._done.done():
+            return
+        self.interrupted = not played
+        self._heard_ms = heard_ms
+        self._done.set_result(played)
+
+    def _fail(self, error: Exception) -> None:
+        if not self._done.done():
+            self._heard_ms = self.heard_ms
+            self._done.set_exception(error)
+            self._done.exception()  # retrieved here: a caller that never awaits is no error
+
+
+@dataclass(eq=False)
+class _Item:
+    playback: Playback | None  # None: a custom mark
+    payloads: list[bytes]
+    chunk_seconds: list[float]
+    mark: str
+
+
+class Player:
+    """Sends one call's playbacks in order; owns its encoder and resampler (they are stateful)."""
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        config: PlaybackConfig | None = None,
+        *,
+        stream_id: str = "?",
+        on_failure: Callable[[PlaybackError], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config or PlaybackConfig()
+        self._on_failure = on_failure
+        self.stream_id = stream_id
+        self._send_text = send
+        cfg = self.config
+        self._encoder = None if cfg.mode == "mp3" else codecs.encoder(
+            cfg.codec, cfg.sample_rate, **cfg.codec_options
+        )  # fmt: skip
+        self.rate = self._encoder.sample_rate if self._encoder is not None else cfg.sample_rate
+        self._resamplers: dict[int, StreamResampler] = {}
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._names = itertools.count(1)
+        self._awaiting_echo: dict[str, Playback] = {}
+        self._current: Playback | None = None
+        self._playout_end = 0.0  # when the far end will have played everything sent (model)
+        self._last_media_at = -1e9
+        self._failed: PlaybackError | None = None
+        self._generation = 0  # bumped by clear(): a sender working on older items drops them
+        self._task = asyncio.create_task(self._run())
+
+    # ------------------------------------------------------------ API
+
+    async def play(self, pcm: np.ndarray, sample_rate: int) -> Playback:
+        """Queue int16 mono PCM at ``sample_rate``; returns at once with its ``Playback``."""
+        self._check()
+        pcm = np.asarray(pcm)
+        if pcm.ndim != 1:
+            raise ValueError("play() takes mono PCM (a 1-D int16 array)")
+        resampled = self._resample(pcm.astype(np.int16, copy=False), sample_rate)
+        name = f"{MARK_PREFIX}{next(self._names)}"
+        playback = Playback(name, len(resampled) * 1000.0 / self.rate)
+        payloads, seconds = await asyncio.to_thread(self._encode, resampled)
+        self._check()
+        self._queue.append(_Item(playback, payloads, seconds, name))
+        self._wakeup.set()
+        return playback
+
+    async def play_file(self, path: str) -> Playback:
+        """Any file soundfile reads (WAV, FLAC, OGG, MP3), any rate, mixed to mono."""
+        data, rate = await asyncio.to_thread(soundfile.read, path, dtype="int16", always_2d=True)
+        mono = data.mean(axis=1).round().astype(np.int16) if data.shape[1] > 1 else data[:, 0]
+        return await self.play(mono, rate)
+
+    async def mark(self, name: str) -> None:
+        """A custom mark after everything queued; its echo goes to the handler's ``on_mark``."""
+        self._check()
+        self._queue.append(_Item(None, [], [], name))
+        self._wakeup.set()
+
+    async def clear(self) -> None:
+        """Stop playback now: our queue is emptied, the carrier's too (``clear`` is always sent)."""
+        now = time.monotonic()
+        self._generation += 1
+        dropped = list(self._queue)
+        self._queue.clear()
+        for item in dropped:
+            if item.playback is not None:
+                item.playback._resolve(False, 0.0)
+        for playback in [self._current, *self._awaiting_echo.values()]:
+            if playback is not None and not playback.done:
+                heard = 0.0 if playback.started_at is None else (now - playback.started_at) * 1000
+                playback._resolve(False, min(playback.duration_ms, max(0.0, heard)))
+        self._current = None
+        self._awaiting_echo.clear()  # their echoes (sent because of the clear) count for nothing
+        self._playout_end = now
+        await self._send(encode_outbound(OutboundClear()))
+
+    def on_mark_echo(self, name: str) -> bool:
+        """Handle an echoed mark; True if it belongs to the application (custom mark)."""
+        playback = self._awaiting_echo.pop(name, None)
+        if playback is not None:
+            playback._resolve(True, playback.duration_ms)  # no effect if a clear came first
+            return False
+        return not name.startswith(MARK_PREFIX)
+
+    async def close(self) -> None:
+        """The stream ended: stop sending; unfinished playbacks report False."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        for item in self._queue:
+            if item.playback is not None:
+                item.playback._resolve(False, 0.0)
+        for playback in [self._current, *self._awaiting_echo.values()]:
+            if playback is not None:
+                playback._resolve(False, playback.heard_ms)
+
+    @property
+    def queued_ms(self) -> float:
+        """Audio queued on our side, not yet sent."""
+        return sum(sum(item.chunk_seconds) for item in self._queue) * 1000
+
+    # ------------------------------------------------------------ internals
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _resample(self, pcm: np.ndarray, rate: int) -> np.ndarray:
+        if rate == self.rate:
+            return pcm
+        resampler = self._resamplers.get(rate)
+        if resampler is None:
+            resampler = self._resamplers[rate] = StreamResampler(rate, self.rate)
+        return resampler.process(pcm, last=True)  # a playback is a whole utterance
+
+    def _encode(self, pcm: np.ndarray) -> tuple[list[bytes], list[float]]:
+        """Encoded messages and their durations (seconds), in sending order."""
+        if self._encoder is None:  # MP3: one whole file per playback
+            buffer = io.BytesIO()
+            soundfile.write(buffer, pcm, self.rate, format="MP3", subtype="MPEG_LAYER_III")
+            return [buffer.getvalue()], [len(pcm) / self.rate]
+        step = self.rate * self.config.chunk_ms // 1000
+        payloads, seconds = [], []
+        for begin in range(0, len(pcm), step):
+            chunk = pcm[begin : begin + step]
+            if len(chunk) < step:  # the carrier wants whole 20 ms frames: pad the tail
+                chunk = np.concatenate([chunk, np.zeros(step - len(chunk), np.int16)])
+            payloads.append(self._encoder.encode(chunk))
+            seconds.append(step / self.rate)
+        return payloads, seconds
+
+    async def _send(self, text: str) -> None:
+        try:
+            await asyncio.wait_for(self._send_text(text), self.config.send_timeout)
+        except TimeoutError as exc:
+            error = PlaybackError(
+                f"stream {self.stream_id}: socket did not take a frame within "
+                f"{self.config.send_timeout:g} s (the carrier stopped reading)"
+            )
+            self._fail_all(error)
+            raise error from exc
+        except Exception as exc:
+            error = PlaybackError(f"stream {self.stream_id}: sending failed: {exc}")
+            self._fail_all(error)
+            raise error from exc
+
+    def _fail_all(self, error: PlaybackError) -> None:
+        self._failed = error
+        for item in self._queue:
+            if item.playback is not None:
+                item.playback._fail(error)
+        for playback in [self._current, *self._awaiting_echo.values()]:
+            if playback is not None:
+                playback._fail(error)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                item = self._queue.popleft()
+                await self._send_item(item, self._generation)
+        except PlaybackError as exc:
+            logger.error("%s", exc)
+            if self._on_failure is not None:
+                await self._on_failure(exc)
+
+    async def _send_item(self, item: _Item, generation: int) -> None:
+        playback = item.playback
+        self._current = playback
+        mp3 = self.config.mode == "mp3"
+        for payload, seconds in zip(item.payloads, item.chunk_seconds, strict=True):
+            await self._pace(mp3)
+            if generation != self._generation:
+                return  # cleared while waiting
+            now = time.monotonic()
+            start = max(now, self._playout_end)
+            if playback is not None and playback.started_at is None:
+                playback.started_at = start
+            self._playout_end = start + seconds
+            self._last_media_at = now
+            await self._send(encode_outbound(OutboundMedia.from_bytes(payload)))
+        if generation != self._generation:
+            return
+        if playback is not None:
+            self._awaiting_echo[item.mark] = playback
+        self._current = None
+        await self._send(encode_outbound(OutboundMark.named(item.mark)))
+
+    async def _pace(self, mp3: bool) -> None:
+        """Wait until sending keeps the far end's queue within the lead (or the MP3 rate)."""
+        if mp3:
+            delay = self._last_media_at + self.config.mp3_min_interval - time.monotonic()
+        else:
+            delay = self._playout_end - self.config.lead_ms / 1000 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
