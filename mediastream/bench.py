@@ -3,7 +3,8 @@
 Each case is timed in short rounds, interleaved with its anchors, and the median round is kept,
 so a noisy machine shifts both sides alike; the figure to read is the ratio, not the absolute.
 Two shapes are measured: one 20 ms frame per call (what a live stream does) and a long buffer
-(bulk throughput, what a batch job does).
+(bulk throughput, what a batch job does); for G.722 also one frame of each of 256 streams
+(``G722DecoderBank.decode_many`` against the G722 package decoding them one by one).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from mediastream import codecs
 FRAME_MS = 20
 BULK_SECONDS = 60
 ALL_CODECS = ("PCMU", "PCMA", "G722")
+BANK = 256  # streams decoded together by ``decode_many``
 
 
 @dataclass
 class Result:
     codec: str
     direction: str  # decode | encode
-    shape: str  # frame | bulk
+    shape: str  # frame (one 20 ms frame) | bulk (60 s buffer) | 256x (a frame of 256 streams)
     implementation: str
     us_per_frame: float  # µs per 20 ms of audio
     realtime_factor: float  # seconds of audio per second of one core
@@ -113,29 +115,51 @@ def _g722_cases() -> list[Case]:
         ("decode", "frame", "mediastream", lambda: dec.decode(frame_code), 1),
         ("encode", "frame", "mediastream", lambda: enc.encode(frame_pcm), 1),
     ]
+    from mediastream.codecs.g722 import G722DecoderBank
+
+    rng = np.random.default_rng(2)
+    many = [bytes(rng.integers(0, 256, len(frame_code), dtype=np.uint8)) for _ in range(BANK)]
+    bank = G722DecoderBank(BANK)
+    cases.append(("decode", f"{BANK}x", "mediastream", lambda: bank.decode_many(many), BANK))
     if importlib.util.find_spec("G722") is not None:
         import G722
 
         lib_dec, lib_enc = G722.G722(rate, 64000), G722.G722(rate, 64000)
+        libs = [G722.G722(rate, 64000) for _ in range(BANK)]
+
+        def lib_many() -> object:
+            return [lib.decode(p) for lib, p in zip(libs, many, strict=True)]
+
         cases += [
             ("decode", "frame", "G722 package", lambda: lib_dec.decode(frame_code), 1),
             ("encode", "frame", "G722 package", lambda: lib_enc.encode(frame_pcm), 1),
+            ("decode", f"{BANK}x", "G722 package", lib_many, BANK),
         ]
     if importlib.util.find_spec("av") is not None:
-        cases += _pyav_g722_cases(frame_code)
+        cases += _pyav_g722_cases(frame_code, frame_pcm)
     return cases
 
 
-def _pyav_g722_cases(frame_code: bytes) -> list[Case]:
+def _pyav_g722_cases(frame_code: bytes, frame_pcm: np.ndarray) -> list[Case]:
     import av
 
-    ctx = av.CodecContext.create("g722", "r")
-    ctx.sample_rate, ctx.layout, ctx.format = 16000, "mono", "s16"
+    dec = av.CodecContext.create("g722", "r")
+    dec.sample_rate, dec.layout, dec.format = 16000, "mono", "s16"
+    enc = av.CodecContext.create("g722", "w")
+    enc.sample_rate, enc.layout, enc.format = 16000, "mono", "s16"
+    frame = av.AudioFrame.from_ndarray(frame_pcm[None, :], format="s16", layout="mono")
+    frame.sample_rate = 16000
 
     def decode() -> object:
-        return [f.to_ndarray() for f in ctx.decode(av.Packet(frame_code))]
+        return [f.to_ndarray() for f in dec.decode(av.Packet(frame_code))]
 
-    return [("decode", "frame", "PyAV/FFmpeg", decode, 1)]
+    def encode() -> object:
+        return [bytes(p) for p in enc.encode(frame)]
+
+    return [
+        ("decode", "frame", "PyAV/FFmpeg", decode, 1),
+        ("encode", "frame", "PyAV/FFmpeg", encode, 1),
+    ]
 
 
 def measure(codec_names: list[str], seconds: float, progress: bool = True) -> list[Result]:
@@ -167,7 +191,7 @@ def format_table(results: list[Result]) -> str:
         f"{'µs/20ms':>9} {'x realtime':>11} {'anchor/ours':>11}"
     )
     lines = [header, "-" * len(header)]
-    order = {"decode": 0, "encode": 1, "frame": 0, "bulk": 1}
+    order = {"decode": 0, "encode": 1, "frame": 0, "bulk": 1, f"{BANK}x": 2}
     rows = sorted(
         results,
         key=lambda r: (

@@ -163,9 +163,13 @@ class CallPlan:
         payloads = self.payloads[track]
         last_sent = max((n for n in range(1, len(payloads) + 1) if n not in dropped), default=0)
         pieces = []
+        frame_samples = len(decoder.decode(payloads[0])) if payloads else 0
+        decoder = codecs.decoder(self.codec, self.sample_rate)  # fresh: the probe changed state
         for chunk, payload in enumerate(payloads[:last_sent], start=1):
-            pcm = decoder.decode(payload)  # decode even lost frames: keeps G.722 state aligned
-            pieces.append(np.zeros_like(pcm) if chunk in dropped else pcm)
+            if chunk in dropped:  # the receiver's decoder never sees a lost frame
+                pieces.append(np.zeros(frame_samples, dtype=np.int16))
+            else:
+                pieces.append(decoder.decode(payload))
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 
 
