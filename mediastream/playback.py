@@ -233,7 +233,9 @@ class Player:
         resampler = self._resamplers.get(rate)
         if resampler is None:
             resampler = self._resamplers[rate] = StreamResampler(rate, self.rate)
-        return resampler.process(pcm, last=True)  # a playback is a whole utterance
+        # one continuous stream: back-to-back plays (an echo, a TTS stream) join without a seam;
+        # the filter's delay (about 1 ms) holds the newest samples until the next play
+        return resampler.process(pcm)
 
     def _encode(self, pcm: np.ndarray) -> tuple[list[bytes], list[float]]:
         """Encoded messages and their durations (seconds), in sending order."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 import random
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from mediastream import codecs
@@ -174,6 +176,105 @@ class CallPlan:
 
 
 @dataclass
+class FarEndConfig:
+    """How the simulated carrier plays what the server sends back (bidirectional streaming)."""
+
+    mode: str = "rtp"  # rtp | mp3
+    codec: str = "PCMU"
+    sample_rate: int = 8000
+    mp3_min_interval: float = 1.0
+
+
+class FarEnd:
+    """The carrier's side of playback: a real-time playout queue, mark echoes, ``clear``.
+
+    Audio is "heard" as the playout clock passes over it; a mark is echoed when the audio queued
+    before it has played (at once if nothing is queued); ``clear`` drops what was not yet played
+    and echoes every queued mark; MP3 messages closer than ``mp3_min_interval`` get the
+    ``rate_limit_reached`` error frame, as the carrier does.
+    """
+
+    def __init__(self, config: FarEndConfig, stream_id: str) -> None:
+        self.config = config
+        self.stream_id = stream_id
+        self.rate = codec_rate(config.codec, config.sample_rate) if config.mode == "rtp" else 0
+        self._decoder = (
+            codecs.decoder(config.codec, config.sample_rate) if config.mode == "rtp" else None
+        )
+        self.segments: list[tuple[float, np.ndarray, int]] = []  # (start time, pcm, rate)
+        self.heard: list[np.ndarray] = []
+        self.media_times: list[float] = []
+        self.marks_echoed: list[tuple[str, float]] = []
+        self.clears: list[float] = []
+        self.errors_sent = 0
+        self._playout_end = 0.0
+        self._pending_marks: list[tuple[float, str]] = []
+        self._sequence = 1000
+
+    def on_media(self, payload: bytes, now: float) -> dict[str, object] | None:
+        """Queue received audio; returns an error frame to send back, if any."""
+        if self.config.mode == "mp3":
+            if self.media_times and now - self.media_times[-1] < self.config.mp3_min_interval:
+                self.errors_sent += 1
+                return self._frame("error", payload={"code": 100005, "title": "rate_limit_reached",
+                                                     "detail": "Too many requests"})  # fmt: skip
+            pcm, rate = soundfile.read(io.BytesIO(payload), dtype="int16")
+            pcm = pcm if pcm.ndim == 1 else pcm[:, 0]
+        else:
+            assert self._decoder is not None
+            pcm, rate = self._decoder.decode(payload), self.rate
+        self.media_times.append(now)
+        start = max(now, self._playout_end)
+        self.segments.append((start, pcm, rate))
+        self._playout_end = start + len(pcm) / rate
+        return None
+
+    def on_mark(self, name: str, now: float) -> None:
+        self._pending_marks.append((max(now, self._playout_end), name))
+
+    def on_clear(self, now: float) -> list[dict[str, object]]:
+        """Stop playback now: keep what was heard, echo every queued mark at once."""
+        self.clears.append(now)
+        echoes = self.advance(now)  # marks whose audio had played are echoed as played
+        if self.segments:  # the one playing now is cut where the clock is
+            start, pcm, rate = self.segments[0]
+            if start < now:
+                self.heard.append(pcm[: int((now - start) * rate)])
+        self.segments = []
+        self._playout_end = now
+        echoes += [self._echo(name, now) for _, name in self._pending_marks]
+        self._pending_marks = []
+        return echoes
+
+    def advance(self, now: float) -> list[dict[str, object]]:
+        """Move the playout clock to ``now``; returns the mark echoes that became due."""
+        while self.segments:
+            start, pcm, rate = self.segments[0]
+            if start + len(pcm) / rate > now:
+                break
+            self.heard.append(pcm)
+            self.segments.pop(0)
+        due = [name for t, name in self._pending_marks if t <= now]
+        self._pending_marks = [(t, n) for t, n in self._pending_marks if t > now]
+        return [self._echo(name, now) for name in due]
+
+    def next_due(self) -> float | None:
+        return min((t for t, _ in self._pending_marks), default=None)
+
+    def heard_audio(self) -> np.ndarray:
+        return np.concatenate(self.heard) if self.heard else np.zeros(0, dtype=np.int16)
+
+    def _echo(self, name: str, now: float) -> dict[str, object]:
+        self.marks_echoed.append((name, now))
+        return self._frame("mark", mark={"name": name})
+
+    def _frame(self, event: str, **body: object) -> dict[str, object]:
+        self._sequence += 1
+        return {"event": event, "sequence_number": str(self._sequence), "stream_id": self.stream_id,
+                **body}  # fmt: skip
+
+
+@dataclass
 class CallResult:
     plan: CallPlan
     frames_sent: int = 0
@@ -182,6 +283,7 @@ class CallResult:
     close_code: int | None = None
     received: list[dict[str, object]] = field(default_factory=list)
     send_times: list[float] = field(default_factory=list)
+    far_end: FarEnd | None = None
 
 
 def plan_call(
@@ -229,12 +331,23 @@ async def send_call(
     realtime: bool = False,
     headers: dict[str, str] | None = None,
     linger: float = 0.0,
+    far_end: FarEndConfig | None = None,
+    dtmf: Sequence[tuple[float, str]] = (),
 ) -> CallResult:
-    """Open a socket to ``url`` and send the plan's frames; collect what the server sends."""
+    """Open a socket to ``url`` and send the plan's frames; collect what the server sends.
+
+    With ``far_end``, also play what the server sends back as the carrier would (see
+    ``FarEnd``); ``linger`` keeps the call open that long after the last media frame (before
+    ``stop``) so playback can finish; ``dtmf`` sends digits at given seconds into the call.
+    """
     result = CallResult(plan)
     logger = redacting_logger("mediastream.simulate.websocket")
+    if far_end is not None:
+        result.far_end = FarEnd(far_end, plan.stream_id)
     async with connect(url, additional_headers=headers, compression=None, logger=logger) as ws:
         reader = asyncio.create_task(_collect(ws, result))
+        marks = asyncio.create_task(_echo_marks(ws, result.far_end))
+        keys = asyncio.create_task(_send_dtmf(ws, dtmf))
         try:
             await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
             await ws.send(json.dumps(plan.start_frame()))
@@ -250,28 +363,70 @@ async def send_call(
                 result.send_times.append(time.monotonic())
                 result.frames_sent += 1
                 result.media_sent += 1
+            if linger:
+                await asyncio.sleep(linger)
             if plan.send_stop:
                 await ws.send(json.dumps(plan.stop_frame(len(media) + 2)))
                 result.frames_sent += 1
-            if linger:
-                await asyncio.sleep(linger)
         except ConnectionClosed as exc:
             result.closed_by_server = True
             result.close_code = exc.rcvd.code if exc.rcvd else None
         finally:
+            keys.cancel()
             await ws.close()
             await reader
+            marks.cancel()
+            if result.far_end is not None:
+                result.far_end.advance(time.monotonic())
     return result
 
 
-async def _collect(ws: object, result: CallResult) -> None:
+async def _collect(ws: ClientConnection, result: CallResult) -> None:
+    far = result.far_end
     try:
-        async for message in ws:  # type: ignore[attr-defined]
-            if isinstance(message, str):
-                result.received.append(json.loads(message))
+        async for message in ws:
+            if not isinstance(message, str):
+                continue
+            frame = json.loads(message)
+            result.received.append(frame)
+            if far is None:
+                continue
+            now = time.monotonic()
+            replies: list[dict[str, object]] = far.advance(now)
+            event = frame.get("event")
+            if event == "media":
+                error = far.on_media(base64.b64decode(frame["media"]["payload"]), now)
+                replies += [error] if error else []
+            elif event == "mark":
+                far.on_mark(frame["mark"]["name"], now)
+                replies += far.advance(now)
+            elif event == "clear":
+                replies += far.on_clear(now)
+            for reply in replies:
+                await ws.send(json.dumps(reply))
     except ConnectionClosed as exc:
         result.closed_by_server = True
         result.close_code = exc.rcvd.code if exc.rcvd else None
+
+
+async def _echo_marks(ws: ClientConnection, far: FarEnd | None) -> None:
+    """Echo marks when the audio before them has played, between incoming frames too."""
+    if far is None:
+        return
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            due = far.next_due()
+            await asyncio.sleep(0.005 if due is None else max(0.0, due - time.monotonic()))
+            for reply in far.advance(time.monotonic()):
+                await ws.send(json.dumps(reply))
+
+
+async def _send_dtmf(ws: ClientConnection, digits: Sequence[tuple[float, str]]) -> None:
+    t0 = time.monotonic()
+    with contextlib.suppress(ConnectionClosed):
+        for at, digit in sorted(digits):
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            await ws.send(json.dumps({"event": "dtmf", "dtmf": {"digit": digit}}))
 
 
 async def simulate(

@@ -1,0 +1,35 @@
+"""Echo bot: plays the caller's speech straight back to them (bidirectional RTP streaming).
+
+    python examples/echo_bot.py [--port 8765] [--codec PCMU]
+    mediastream simulate ws://127.0.0.1:8765/ --playback-codec PCMU --heard-dir heard
+
+Point a Telnyx ``<Connect><Stream bidirectionalMode="rtp" bidirectionalCodec="PCMU">`` at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mediastream import AudioFrame, StreamHandler, StreamOptions, serve
+from mediastream.playback import PlaybackConfig
+
+
+class EchoBot(StreamHandler):
+    """Every inbound frame goes back out as it came (encoded in the playback codec)."""
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        if frame.track == "inbound":
+            await self.call.play(frame.pcm, frame.sample_rate)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--codec", default="PCMU", help="bidirectionalCodec (%(default)s)")
+    parser.add_argument("--rate", type=int, default=8000, help="bidirectionalSamplingRate")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    playback = PlaybackConfig(mode="rtp", codec=args.codec, sample_rate=args.rate)
+    serve(EchoBot, args.host, args.port, options=StreamOptions(playback=playback))
