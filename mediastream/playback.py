@@ -37,6 +37,8 @@ from mediastream.resample import StreamResampler
 logger = logging.getLogger(__name__)
 
 MARK_PREFIX = "ms-play-"
+# resampled audio short of a whole chunk waits for the next play this long, then goes out padded
+IDLE_FLUSH_SECONDS = 0.1
 
 
 class PlaybackError(MediaStreamError):
@@ -111,10 +113,10 @@ class Playback:
 
 @dataclass(eq=False)
 class _Item:
-    playback: Playback | None  # None: a custom mark
+    playback: Playback | None  # None: a custom mark, or a resampler's tail
     payloads: list[bytes]
     chunk_seconds: list[float]
-    mark: str
+    mark: str | None
 
 
 class Player:
@@ -138,6 +140,9 @@ class Player:
         )  # fmt: skip
         self.rate = self._encoder.sample_rate if self._encoder is not None else cfg.sample_rate
         self._resamplers: dict[int, StreamResampler] = {}
+        self._last_resampler: StreamResampler | None = None
+        self._step = self.rate * cfg.chunk_ms // 1000
+        self._carry = np.zeros(0, dtype=np.int16)  # resampled samples short of a whole chunk
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._names = itertools.count(1)
@@ -158,6 +163,8 @@ class Player:
         if pcm.ndim != 1:
             raise ValueError("play() takes mono PCM (a 1-D int16 array)")
         resampled = self._resample(pcm.astype(np.int16, copy=False), sample_rate)
+        if sample_rate != self.rate and self._encoder is not None:
+            resampled = self._whole_chunks(resampled)
         name = f"{MARK_PREFIX}{next(self._names)}"
         playback = Playback(name, len(resampled) * 1000.0 / self.rate)
         payloads, seconds = await asyncio.to_thread(self._encode, resampled)
@@ -233,9 +240,30 @@ class Player:
         resampler = self._resamplers.get(rate)
         if resampler is None:
             resampler = self._resamplers[rate] = StreamResampler(rate, self.rate)
+        if self._encoder is None:  # MP3: each playback is a whole file, flush the filter
+            return resampler.process(pcm, last=True)
+        self._last_resampler = resampler
         # one continuous stream: back-to-back plays (an echo, a TTS stream) join without a seam;
         # the filter's delay (about 1 ms) holds the newest samples until the next play
         return resampler.process(pcm)
+
+    def _whole_chunks(self, pcm: np.ndarray) -> np.ndarray:
+        """Resampled audio comes in uneven pieces: send whole chunks, carry the rest over."""
+        samples = np.concatenate([self._carry, pcm]) if len(self._carry) else pcm
+        whole = len(samples) // self._step * self._step
+        self._carry = samples[whole:]
+        return samples[:whole]
+
+    def _tail(self) -> _Item | None:
+        """After a pause, what the resampler and the carry still hold, padded to a chunk."""
+        resampler, self._last_resampler = self._last_resampler, None
+        held = [self._carry] + ([resampler.flush()] if resampler is not None else [])
+        self._carry = np.zeros(0, dtype=np.int16)
+        tail = np.concatenate(held)
+        if not len(tail):
+            return None
+        payloads, seconds = self._encode(tail)
+        return _Item(None, payloads, seconds, None)
 
     def _encode(self, pcm: np.ndarray) -> tuple[list[bytes], list[float]]:
         """Encoded messages and their durations (seconds), in sending order."""
@@ -243,7 +271,7 @@ class Player:
             buffer = io.BytesIO()
             soundfile.write(buffer, pcm, self.rate, format="MP3", subtype="MPEG_LAYER_III")
             return [buffer.getvalue()], [len(pcm) / self.rate]
-        step = self.rate * self.config.chunk_ms // 1000
+        step = self._step
         payloads, seconds = [], []
         for begin in range(0, len(pcm), step):
             chunk = pcm[begin : begin + step]
@@ -282,7 +310,12 @@ class Player:
             while True:
                 if not self._queue:
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), IDLE_FLUSH_SECONDS)
+                    except TimeoutError:
+                        tail = self._tail() if self._last_resampler is not None else None
+                        if tail is not None:
+                            self._queue.append(tail)
                     continue
                 item = self._queue.popleft()
                 await self._send_item(item, self._generation)
@@ -308,9 +341,11 @@ class Player:
             await self._send(encode_outbound(OutboundMedia.from_bytes(payload)))
         if generation != self._generation:
             return
+        self._current = None
+        if item.mark is None:
+            return
         if playback is not None:
             self._awaiting_echo[item.mark] = playback
-        self._current = None
         await self._send(encode_outbound(OutboundMark.named(item.mark)))
 
     async def _pace(self, mp3: bool) -> None:

@@ -206,6 +206,7 @@ class FarEnd:
         self.media_times: list[float] = []
         self.marks_echoed: list[tuple[str, float]] = []
         self.clears: list[float] = []
+        self.heard_at_clear: list[int] = []  # samples heard in all when each clear came
         self.errors_sent = 0
         self._playout_end = 0.0
         self._pending_marks: list[tuple[float, str]] = []
@@ -240,6 +241,7 @@ class FarEnd:
             start, pcm, rate = self.segments[0]
             if start < now:
                 self.heard.append(pcm[: int((now - start) * rate)])
+        self.heard_at_clear.append(sum(len(p) for p in self.heard))
         self.segments = []
         self._playout_end = now
         echoes += [self._echo(name, now) for _, name in self._pending_marks]
