@@ -1,4 +1,4 @@
-"""The ``mediastream`` command: serve, demo, simulate, bench."""
+"""The ``mediastream`` command: serve, demo, simulate, bench, texml."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from mediastream.handler import StreamHandler, StreamOptions
+from mediastream.server.http import add_http_arguments, http_routes_from_args
 from mediastream.server.websocket import DEFAULT_HOST, DEFAULT_PORT, MediaServer, ServerLimits
+from mediastream.telnyx.texml import add_texml_command
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -57,7 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     token = args.auth_token or os.environ.get("MEDIASTREAM_AUTH_TOKEN") or None
     server = MediaServer(
-        handler, host=args.host, port=args.port, options=options, limits=limits, auth_token=token
+        handler,
+        host=args.host,
+        port=args.port,
+        options=options,
+        limits=limits,
+        auth_token=token,
+        http=http_routes_from_args(args),
     )
 
     def ready(srv: MediaServer) -> None:
@@ -259,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.drain_seconds,
         help="on SIGTERM, time live streams get to finish before they are closed (%(default)s)",
     )
+    add_http_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -317,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement (%(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+
+    add_texml_command(sub)
     return parser
 
 

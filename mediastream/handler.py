@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from mediastream.session import (
     Session,
     Started,
 )
+
+if TYPE_CHECKING:
+    from mediastream.telnyx.webhooks import StreamStatusEvent
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +175,10 @@ class StreamHandler:
     async def on_stop(self) -> None:
         """The stream ended: ``stop`` came, or its socket closed and no reconnect followed
         within the grace period (or the server shut down)."""
+
+    async def on_status(self, event: StreamStatusEvent) -> None:
+        """A Telnyx status callback naming this stream or its call (``event.kind``: started,
+        stopped, failed). It arrives over HTTP, beside the socket, in no fixed order with it."""
 
 
 HandlerFactory = Callable[[], StreamHandler]

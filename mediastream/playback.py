@@ -59,7 +59,7 @@ class PlaybackConfig:
     chunk_ms: int = 20
     lead_ms: int = 60
     send_timeout: float = 5.0
-    mp3_min_interval: float = 1.0
+    mp3_min_interval: float = 1.1  # the carrier allows one a second; keep a margin for jitter
     codec_options: dict[str, object] = field(default_factory=dict)
 
 

@@ -29,6 +29,7 @@ from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.logs import redacting_logger
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
+from mediastream.server.http import HttpBodyConnection, HttpRoutes
 from mediastream.streams import StreamConnection, StreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class MediaServer:
         options: StreamOptions | None = None,
         limits: ServerLimits | None = None,
         auth_token: str | None = None,
+        http: HttpRoutes | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -89,6 +91,8 @@ class MediaServer:
         self.limits = limits or ServerLimits()
         self.auth_token = auth_token or None
         self.registry = StreamRegistry(handler, self.options)
+        self.http = http or HttpRoutes()
+        self.http.attach(self.registry)
         self.connections: set[StreamConnection] = set()
         self.sockets_total = 0
         self.draining = False
@@ -109,6 +113,7 @@ class MediaServer:
             self.host,
             self.port,
             process_request=self._process_request,
+            create_connection=HttpBodyConnection,  # reads callback bodies (server/http.py)
             compression=None,
             max_size=limits.max_frame_bytes,
             open_timeout=limits.handshake_seconds,
@@ -189,15 +194,18 @@ class MediaServer:
 
     # ------------------------------------------------------------ per request / socket
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if request.path.split("?", 1)[0] == "/healthz" and not upgrade:
             status = "draining" if self.draining else "ok"
             body = json.dumps({"status": status, "streams": len(self.connections)}) + "\n"
             code = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
             response = ws.respond(code, body)
+            del response.headers["Content-Type"]  # Headers appends on assignment
             response.headers["Content-Type"] = "application/json"
             return response
+        if (routed := await self.http.process_request(ws, request)) is not None:
+            return routed
         if self.draining:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is draining\n")
         if len(self.connections) >= self.limits.max_streams:
