@@ -115,8 +115,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
+    import soundfile
+
     from mediastream.simulate import (
         DEFAULT_SHUFFLE_WINDOW,
+        FarEndConfig,
         codec_rate,
         load_audio,
         simulate,
@@ -126,6 +129,8 @@ async def _simulate(args: argparse.Namespace) -> int:
     rate = codec_rate(args.codec, args.l16_rate)
     audio = load_audio(args.audio, rate) if args.audio else synthesize_speechlike(3.0, rate)
     tracks = ("inbound", "outbound") if args.track == "both" else (args.track,)
+    far_end = FarEndConfig(args.playback_mode, args.playback_codec, args.playback_rate)
+    dtmf = [_parse_dtmf(spec) for spec in args.dtmf]
     results = await simulate(
         args.url,
         audio,
@@ -140,6 +145,9 @@ async def _simulate(args: argparse.Namespace) -> int:
         drop_rate=args.drop_rate,
         seed=args.seed,
         send_stop=not args.no_stop,
+        far_end=far_end,
+        dtmf=dtmf,
+        linger=args.linger,
     )
     failed = 0
     for result in results:
@@ -151,7 +159,24 @@ async def _simulate(args: argparse.Namespace) -> int:
             f"{plan.stream_id}: {result.media_sent} media frames sent, "
             f"{lost} dropped on purpose{note}"
         )
+        heard = result.far_end
+        if heard is not None and heard.media_times:
+            line = f"  heard {len(heard.heard_audio()) / heard.rate_of_heard():.2f} s back"
+            line += f", {len(heard.marks_echoed)} marks echoed, {len(heard.clears)} clear(s)"
+            if args.heard_dir:
+                path = Path(args.heard_dir) / f"{plan.stream_id}.heard.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(path, heard.heard_audio(), heard.rate_of_heard(), subtype="PCM_16")
+                line += f"; written to {path}"
+            print(line)
     return 1 if failed else 0
+
+
+def _parse_dtmf(spec: str) -> tuple[float, str]:
+    at, sep, digit = spec.partition(":")
+    if not sep or not digit:
+        raise SystemExit(f"--dtmf takes SECONDS:DIGIT, not {spec!r}")
+    return float(at), digit
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -303,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for shuffle and drops")
     p.add_argument("--stream-id", help="stream id (with --calls N: ID-1 .. ID-N)")
     p.add_argument("--no-stop", action="store_true", help="close the socket without a stop frame")
+    far = p.add_argument_group(
+        "far end (bidirectional)",
+        "what the simulated carrier does with audio the server sends back: plays it in real "
+        "time, echoes marks when the audio before them has played, honours clear",
+    )
+    far.add_argument("--playback-mode", default="rtp", choices=["rtp", "mp3"])
+    far.add_argument("--playback-codec", default="PCMU", help="bidirectionalCodec (%(default)s)")
+    far.add_argument("--playback-rate", type=int, default=8000, help="its rate (%(default)s)")
+    far.add_argument("--heard-dir", metavar="DIR", help="write what the caller heard as WAV")
+    far.add_argument(
+        "--dtmf", action="append", default=[], metavar="SECONDS:DIGIT", help="press a key"
+    )
+    far.add_argument(
+        "--linger", type=float, default=1.0, help="seconds to stay after the audio (%(default)s)"
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(

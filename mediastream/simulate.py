@@ -208,6 +208,7 @@ class FarEnd:
         self.clears: list[float] = []
         self.heard_at_clear: list[int] = []  # samples heard in all when each clear came
         self.errors_sent = 0
+        self._heard_rate = 0
         self._playout_end = 0.0
         self._pending_marks: list[tuple[float, str]] = []
         self._sequence = 1000
@@ -225,6 +226,7 @@ class FarEnd:
             assert self._decoder is not None
             pcm, rate = self._decoder.decode(payload), self.rate
         self.media_times.append(now)
+        self._heard_rate = rate
         start = max(now, self._playout_end)
         self.segments.append((start, pcm, rate))
         self._playout_end = start + len(pcm) / rate
@@ -262,6 +264,10 @@ class FarEnd:
 
     def next_due(self) -> float | None:
         return min((t for t, _ in self._pending_marks), default=None)
+
+    def rate_of_heard(self) -> int:
+        """The rate of ``heard_audio()`` (MP3 files carry their own)."""
+        return self.segments[0][2] if self.segments else (self._heard_rate or self.rate or 8000)
 
     def heard_audio(self) -> np.ndarray:
         return np.concatenate(self.heard) if self.heard else np.zeros(0, dtype=np.int16)
@@ -438,6 +444,9 @@ async def simulate(
     calls: int = 1,
     realtime: bool = False,
     stagger: float = 0.0,
+    far_end: FarEndConfig | None = None,
+    dtmf: Sequence[tuple[float, str]] = (),
+    linger: float = 0.0,
     **plan_options: object,
 ) -> list[CallResult]:
     """Run ``calls`` simulated calls at once (ids derived from ``stream_id`` when given)."""
@@ -452,6 +461,8 @@ async def simulate(
     async def one(index: int, plan: CallPlan) -> CallResult:
         if stagger:
             await asyncio.sleep(stagger * index)
-        return await send_call(url, plan, realtime=realtime)
+        return await send_call(
+            url, plan, realtime=realtime, far_end=far_end, dtmf=dtmf, linger=linger
+        )
 
     return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(plans))))

@@ -212,6 +212,14 @@ class StreamConnection:
         self._capture = CaptureWriter(options.capture_dir) if options.capture_dir else None
         self._auth_token = auth_token  # redacted from captures
 
+    async def socket_closed(self) -> None:
+        """The socket is gone (perhaps while a handler is busy): playback on it can only fail,
+        so pending playbacks resolve now instead of waiting for echoes that cannot come."""
+        stream = self.stream
+        if stream is not None and stream.call._player is not None:
+            player, stream.call._player = stream.call._player, None  # a resume gets a new one
+            await player.close()
+
     @property
     def stream_id(self) -> str:
         session = self.session

@@ -226,22 +226,36 @@ class MediaServer:
         )
         self.connections.add(connection)
         self.sockets_total += 1
+        watcher = asyncio.create_task(self._on_socket_closed(ws, connection))
         try:
             if not await self._authenticate(ws, connection):
                 return
+            closing: asyncio.Task[None] | None = None
             async for message in ws:
-                if not await connection.receive(message):
-                    await ws.close(connection.close_code, connection.close_reason)
-                    break
+                if closing is None and not await connection.receive(message):
+                    # close, but keep reading: a peer blocked on a full queue never sees it
+                    code, reason = connection.close_code, connection.close_reason
+                    closing = asyncio.create_task(ws.close(code, reason))
+            if closing is not None:
+                await closing
         except ConnectionClosed as exc:
             if exc.rcvd is None or exc.rcvd.code not in (1000, 1001):
                 logger.info("stream %s: socket closed abruptly (%s)", connection.stream_id, exc)
         finally:
             self.connections.discard(connection)
+            await watcher
             try:
                 await connection.finish()
             except Exception:
                 logger.exception("stream %s: finishing the stream failed", connection.stream_id)
+
+    @staticmethod
+    async def _on_socket_closed(ws: ServerConnection, connection: StreamConnection) -> None:
+        await ws.wait_closed()
+        try:
+            await connection.socket_closed()
+        except Exception:
+            logger.exception("stream %s: stopping playback failed", connection.stream_id)
 
     async def _authenticate(self, ws: ServerConnection, connection: StreamConnection) -> bool:
         """Without the token in the upgrade headers, the first frame must carry it."""
