@@ -137,3 +137,51 @@ def test_record_calls_example_records(tmp_path: Path):
     data, rate = soundfile.read(tmp_path / "ex.wav", dtype="int16")
     assert rate == 16000
     np.testing.assert_array_equal(data, synthesize_speechlike(3.0, 16000))
+
+
+def test_echo_bot_example_against_simulate(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "echo_bot.py"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        wait_for_port(port)
+        result = mediastream(
+            "simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "echo", "--realtime",
+            "--heard-dir", str(tmp_path), "--linger", "0.5",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    heard, rate = soundfile.read(tmp_path / "echo.heard.wav", dtype="int16")
+    payloads = plan_call(synthesize_speechlike(3.0, 8000)).payloads["inbound"]
+    sent = np.concatenate([np.frombuffer(audioop.ulaw2lin(p, 2), np.int16) for p in payloads])
+    assert rate == 8000
+    np.testing.assert_array_equal(heard, sent)  # G.711 decode -> encode -> decode is exact
+
+
+def test_ivr_example_cuts_the_prompt_on_a_key(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "ivr.py"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        wait_for_port(port)
+        result = mediastream(
+            "simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "ivr", "--realtime",
+            "--dtmf", "1.5:2", "--linger", "1.0", "--heard-dir", str(tmp_path),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    cut = re.search(r"ivr: prompt cut after (\d+) ms", output)
+    assert cut and 1300 <= int(cut.group(1)) <= 1600, output
+    assert "ivr: answered-2 was heard" in output
+    assert "1 clear(s)" in result.stdout
+    heard, _ = soundfile.read(tmp_path / "ivr.heard.wav", dtype="int16")
+    # what was heard: the prompt up to the key, then two beeps (0.5 s)
+    assert abs(len(heard) / 8000 - (int(cut.group(1)) / 1000 + 0.5)) < 0.1
