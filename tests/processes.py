@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +71,22 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port}")
+
+
+@contextlib.contextmanager
+def example_server(
+    script: str, *args: str, stop: signal.Signals = signal.SIGTERM
+) -> Iterator[tuple[int, list[str]]]:
+    """Run ``examples/<script>`` on a free port; yields (port, output), output filled at exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / script), "--port", str(port), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+    )  # fmt: skip
+    output: list[str] = []
+    try:
+        wait_for_port(port)
+        yield port, output
+    finally:
+        proc.send_signal(stop)
+        output.append(proc.communicate(timeout=30)[0])

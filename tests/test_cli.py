@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import soundfile
 
 from mediastream.simulate import load_audio, plan_call, synthesize_speechlike
-from tests.processes import REPO, env, free_port, mediastream, start_server, wait_for_port
+from tests.processes import example_server, mediastream, start_server
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -97,18 +95,10 @@ def test_serve_runs_a_handler_given_as_module_and_class(tmp_path: Path):
 
 
 def test_print_levels_example_prints_per_second_levels():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "print_levels.py"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with example_server("print_levels.py", stop=signal.SIGINT) as (port, out):
         result = mediastream("simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "lv")
         assert result.returncode == 0, result.stderr
-    finally:
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+    output = out[0]
     levels = [float(v) for v in re.findall(r"lv inbound second \d: +(-?[\d.]+) dBFS", output)]
     clip = synthesize_speechlike(3.0, 8000).astype(float)
     expected = [
@@ -119,42 +109,23 @@ def test_print_levels_example_prints_per_second_levels():
 
 
 def test_record_calls_example_records(tmp_path: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "record_calls.py"), "--port", str(port),
-         "--dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with example_server("record_calls.py", "--dir", str(tmp_path)) as (port, _):
         result = mediastream(
             "simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "ex", "--codec", "L16"
         )
         assert result.returncode == 0, result.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
     data, rate = soundfile.read(tmp_path / "ex.wav", dtype="int16")
     assert rate == 16000
     np.testing.assert_array_equal(data, synthesize_speechlike(3.0, 16000))
 
 
 def test_echo_bot_example_against_simulate(tmp_path: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "echo_bot.py"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with example_server("echo_bot.py") as (port, _):
         result = mediastream(
             "simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "echo", "--realtime",
             "--heard-dir", str(tmp_path), "--linger", "0.5",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
     heard, rate = soundfile.read(tmp_path / "echo.heard.wav", dtype="int16")
     payloads = plan_call(synthesize_speechlike(3.0, 8000)).payloads["inbound"]
     sent = np.concatenate([np.frombuffer(audioop.ulaw2lin(p, 2), np.int16) for p in payloads])
@@ -163,21 +134,13 @@ def test_echo_bot_example_against_simulate(tmp_path: Path):
 
 
 def test_ivr_example_cuts_the_prompt_on_a_key(tmp_path: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "ivr.py"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with example_server("ivr.py") as (port, out):
         result = mediastream(
             "simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "ivr", "--realtime",
             "--dtmf", "1.5:2", "--linger", "1.0", "--heard-dir", str(tmp_path),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
+    output = out[0]
     cut = re.search(r"ivr: prompt cut after (\d+) ms", output)
     assert cut and 1300 <= int(cut.group(1)) <= 1600, output
     assert "ivr: answered-2 was heard" in output
