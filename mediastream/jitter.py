@@ -92,15 +92,6 @@ class ReorderBuffer(Generic[T]):
             out.extend(self._run())
         return out
 
-    def reset(self) -> list[Release[T]]:
-        """Flush, then forget the counter position (a new socket may restart counters)."""
-        out = self.flush()
-        self.next_key = None
-        self._gap_keys.clear()
-        self._late_seen.clear()
-        self._first_released = None
-        return out
-
     # ------------------------------------------------------------------ internals
 
     def _late(self, key: int, item: T) -> list[Release[T]]:

@@ -76,12 +76,15 @@ class Stream:
         return True
 
     def note_error(self, error: Error) -> None:
-        """Log the first error of each kind with its message; count the rest."""
-        count = self.error_counts.get(error.kind, 0) + 1
-        self.error_counts[error.kind] = count
-        if count == 1:
-            level = logging.ERROR if error.fatal else logging.WARNING
-            logger.log(level, "stream %s: %s: %s", self.stream_id, error.kind, error.message)
+        note_error(self.error_counts, self.stream_id, error)
+
+
+def note_error(counts: dict[str, int], stream_id: str, error: Error) -> None:
+    """Log the first error of each kind with its message; count the rest."""
+    counts[error.kind] = counts.get(error.kind, 0) + 1
+    if counts[error.kind] == 1:
+        level = logging.ERROR if error.fatal else logging.WARNING
+        logger.log(level, "stream %s: %s: %s", stream_id, error.kind, error.message)
 
 
 class StreamRegistry:
@@ -348,9 +351,5 @@ class StreamConnection:
     def _note_error(self, error: Error) -> None:
         if self.stream is not None:
             self.stream.note_error(error)
-            return
-        count = self._early_errors.get(error.kind, 0) + 1
-        self._early_errors[error.kind] = count
-        if count == 1:
-            level = logging.ERROR if error.fatal else logging.WARNING
-            logger.log(level, "stream %s: %s: %s", self.stream_id, error.kind, error.message)
+        else:
+            note_error(self._early_errors, self.stream_id, error)

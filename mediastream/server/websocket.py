@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -305,23 +306,8 @@ def _peer(ws: ServerConnection) -> str:
 
 
 def serve_blocking(
-    handler: HandlerFactory | type[StreamHandler] = StreamHandler,
-    *,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    record_dir: str | Path | None = None,
-    options: StreamOptions | None = None,
-    limits: ServerLimits | None = None,
-    auth_token: str | None = None,
+    handler: HandlerFactory | type[StreamHandler] = StreamHandler, **server_options: Any
 ) -> None:
-    """Run a media server in this thread until SIGTERM/SIGINT (what ``serve`` does)."""
-    server = MediaServer(
-        handler,
-        host=host,
-        port=port,
-        record_dir=record_dir,
-        options=options,
-        limits=limits,
-        auth_token=auth_token,
-    )
-    asyncio.run(server.serve_forever())
+    """Run a media server in this thread until SIGTERM/SIGINT (what ``serve`` does);
+    ``server_options`` are ``MediaServer``'s keyword arguments."""
+    asyncio.run(MediaServer(handler, **server_options).serve_forever())
