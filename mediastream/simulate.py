@@ -211,6 +211,7 @@ class FarEnd:
         self._heard_rate = 0
         self._playout_end = 0.0
         self._pending_marks: list[tuple[float, str]] = []
+        self.mark_queued = asyncio.Event()  # wakes the echo task only when there is work
         self._sequence = 1000
 
     def on_media(self, payload: bytes, now: float) -> dict[str, object] | None:
@@ -234,6 +235,7 @@ class FarEnd:
 
     def on_mark(self, name: str, now: float) -> None:
         self._pending_marks.append((max(now, self._playout_end), name))
+        self.mark_queued.set()
 
     def on_clear(self, now: float) -> list[dict[str, object]]:
         """Stop playback now: keep what was heard, echo every queued mark at once."""
@@ -424,7 +426,11 @@ async def _echo_marks(ws: ClientConnection, far: FarEnd | None) -> None:
     with contextlib.suppress(ConnectionClosed):
         while True:
             due = far.next_due()
-            await asyncio.sleep(0.005 if due is None else max(0.0, due - time.monotonic()))
+            if due is None:
+                far.mark_queued.clear()
+                await far.mark_queued.wait()
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             for reply in far.advance(time.monotonic()):
                 await ws.send(json.dumps(reply))
 
