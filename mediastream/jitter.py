@@ -79,6 +79,15 @@ class ReorderBuffer(Generic[T]):
         self._pending[key] = item
         return self._release()
 
+    def take_in_order(self, key: int | None) -> bool:
+        """Release ``key`` now if it is the next one expected and nothing is held: the common
+        case, answered without building ``Release`` objects. False: ``push`` it instead."""
+        if key is None or key != self.next_key or self._pending:
+            return False
+        self.next_key = key + 1
+        self.stats.released += 1
+        return True
+
     def flush(self) -> list[Release[T]]:
         """Release everything held, naming the gaps between held frames (end of stream)."""
         out: list[Release[T]] = []

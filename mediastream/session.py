@@ -34,9 +34,11 @@ from mediastream.protocol.frames import (
     StartInfo,
     StopFrame,
     UnknownFrame,
+    counter,
     decode_base64,
     encode_outbound,
     parse_frame,
+    parse_media,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ Event = Connected | Started | Audio | Dtmf | MarkEcho | Error | Stopped
 class _Track:
     name: str
     decoder: codecs.Decoder
-    buffer: ReorderBuffer[tuple[bytes, int | None]]
+    buffer: ReorderBuffer[tuple[bytes, int | str | None]]
     position: int | None = None
     frame_samples: int = 0
     first_key: int | None = None
@@ -197,6 +199,11 @@ class Session:
     def receive_text(self, text: str | bytes) -> list[Event]:
         """Parse and handle one text frame. Malformed input becomes an ``Error`` event."""
         self.stats.frames += 1
+        if self.state is State.STREAMING:  # nearly every frame: media, read without a model
+            media = parse_media(text)
+            if media is not None:
+                self.stats.media_frames += 1
+                return self._media(media.track, media.key, media.timestamp, media.payload)
         try:
             frame = parse_frame(text)
         except ProtocolError as exc:
@@ -303,15 +310,26 @@ class Session:
             return report
         if self.state is State.STOPPED:
             return [self._error("media_after_stop", "media after the stream ended ignored")]
+        media = frame.media
+        key = media.chunk if media.chunk is not None else frame.sequence_number
+        return self._media(media.track, key, media.timestamp, media.payload)
+
+    def _media(
+        self, track_name: str, key: int | None, timestamp: int | str | None, payload_text: str
+    ) -> list[Event]:
+        """One media frame of a started stream: decoded now if it is the next one expected
+        (the common case), else through the reorder buffer."""
         try:
-            payload = decode_base64(frame.media.payload, stream_id=self.stream_id)
+            payload = decode_base64(payload_text, stream_id=self.stream_id)
         except ProtocolError as exc:
             return [self._error("invalid_base64", str(exc))]
         self.stats.audio_bytes += len(payload)
-        track = self._track(frame.media.track)
-        key = frame.media.chunk if frame.media.chunk is not None else frame.sequence_number
-        released = track.buffer.push(key, (payload, frame.media.timestamp))
-        return self._decode_released(track, released)
+        track = self._tracks.get(track_name) or self._track(track_name)
+        if track.buffer.take_in_order(key):
+            events: list[Event] = []
+            self._decode_slot(track, key, (payload, timestamp), events)
+            return events
+        return self._decode_released(track, track.buffer.push(key, (payload, timestamp)))
 
     def _on_stop(self, reason: Literal["stop", "closed"]) -> list[Event]:
         if self.state is State.STOPPED:
@@ -341,36 +359,47 @@ class Session:
 
     def _decode_released(self, track: _Track, released: list) -> list[Event]:
         events: list[Event] = []
-        rate = track.decoder.sample_rate
         for slot in released:
             if slot.late:
                 events.extend(self._late_audio(track, slot.key, slot.item))
-                continue
-            pcm = None
-            if slot.item is not None:
-                payload, timestamp = slot.item
-                try:
-                    pcm = track.decoder.decode(payload)
-                except (CodecError, ValueError) as exc:
-                    message = f"{track.name} frame {slot.key}: {exc}"
-                    events.append(self._error("decode_error", message, "codec"))
-                if pcm is not None and track.position is None:
-                    track.position = track.first_position = _first_position(timestamp, rate)
-                    track.first_key = slot.key
-            if pcm is None:  # lost, or undecodable: silence of a frame's length
-                if track.position is None or not track.frame_samples:
-                    continue
-                pcm = np.zeros(track.frame_samples, dtype=np.int16)
-                track.remember_gap(slot.key, track.position)
-                events.append(Audio(track.name, pcm, rate, track.position, slot.key, True))
             else:
-                track.frame_samples = len(pcm) or track.frame_samples
-                events.append(Audio(track.name, pcm, rate, track.position, slot.key))
-            track.position += len(pcm)
+                self._decode_slot(track, slot.key, slot.item, events)
         return events
 
+    def _decode_slot(
+        self,
+        track: _Track,
+        key: int | None,
+        item: tuple[bytes, int | str | None] | None,
+        events: list[Event],
+    ) -> None:
+        """Decode the track's next slot onto ``events`` (``item`` None: the frame was lost)."""
+        rate = track.decoder.sample_rate
+        pcm = None
+        if item is not None:
+            payload, timestamp = item
+            try:
+                pcm = track.decoder.decode(payload)
+            except (CodecError, ValueError) as exc:
+                events.append(
+                    self._error("decode_error", f"{track.name} frame {key}: {exc}", "codec")
+                )
+            if pcm is not None and track.position is None:
+                track.position = track.first_position = _first_position(counter(timestamp), rate)
+                track.first_key = key
+        if pcm is None:  # lost, or undecodable: silence of a frame's length
+            if track.position is None or not track.frame_samples:
+                return
+            pcm = np.zeros(track.frame_samples, dtype=np.int16)
+            track.remember_gap(key, track.position)
+            events.append(Audio(track.name, pcm, rate, track.position, key, True))
+        else:
+            track.frame_samples = len(pcm) or track.frame_samples
+            events.append(Audio(track.name, pcm, rate, track.position, key))
+        track.position += len(pcm)
+
     def _late_audio(
-        self, track: _Track, key: int | None, item: tuple[bytes, int | None] | None
+        self, track: _Track, key: int | None, item: tuple[bytes, int | str | None] | None
     ) -> list[Event]:
         """Decode a frame that missed its slot and say where it belongs.
 

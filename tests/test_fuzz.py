@@ -125,3 +125,55 @@ def test_truncated_frames_are_errors_never_crashes(frame: str, data: st.DataObje
     session.receive_text(start_text())
     events = session.receive_text(frame[:cut])
     assert len(events) == 1 and events[0].kind in ("malformed_json", "invalid_frame")
+
+
+counter_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-5, 10**6).map(str)
+    | st.sampled_from(["4.0", "+4", "4_0", " 4 ", "04", "", "abc", "١٢", "²"])
+)
+track_values = st.sampled_from(
+    ["inbound", "outbound", "inbound_track", "OUTBOUND", "", None, 3, "both"]
+)
+
+
+@given(
+    chunk=counter_values,
+    sequence=counter_values,
+    timestamp=counter_values,
+    track=track_values,
+    payload=st.sampled_from(["AAAA", "//79", "not base64!", "", 7]),
+    omit=st.sets(st.sampled_from(["chunk", "sequence_number", "timestamp", "track"])),
+    stream_id=st.sampled_from(["s1", None, 5]),
+)
+def test_fast_media_parser_agrees_with_the_models(
+    chunk, sequence, timestamp, track, payload, omit, stream_id
+) -> None:
+    """``parse_media`` (the hot path) either declines a frame or reads it exactly as
+    ``parse_frame`` does: same track, ordering key, timestamp and payload."""
+    from mediastream.protocol.frames import MediaFrame, counter, parse_media
+
+    media = {"track": track, "chunk": chunk, "timestamp": timestamp, "payload": payload}
+    frame = {"event": "media", "sequence_number": sequence, "media": media}
+    if stream_id is not None:
+        frame["stream_id"] = stream_id
+    for key in omit:
+        (frame if key == "sequence_number" else media).pop(key)
+    text = json.dumps(frame, separators=(",", ":"))
+    fast = parse_media(text)
+    try:
+        model = parse_frame(text)
+    except ProtocolError:
+        assert fast is None
+        return
+    if fast is None:
+        return
+    assert isinstance(model, MediaFrame)
+    expected_key = model.media.chunk if model.media.chunk is not None else model.sequence_number
+    assert fast.track == model.media.track
+    assert fast.key == expected_key
+    assert counter(fast.timestamp) == model.media.timestamp
+    assert fast.payload == model.media.payload

@@ -4,11 +4,25 @@ Both directions are table lookups: 256 int16 values to decode, 65,536 codes to e
 the sample's 16-bit pattern). The tables are built once from the G.191 reference algorithm, so
 the encoder truncates negative samples in ones' complement as G.191 does (``audioop`` rounds in
 two's complement and differs on 508 mu-law inputs).
+
+Decoding a single 20 ms frame is dominated by numpy's call overhead (1.0 µs a lookup), so where
+``audioop`` is present (the standard library up to 3.12, ``audioop-lts`` after) and its decode
+tables equal ours (checked at import), frames decode through it (0.8 µs with a writable copy).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import numpy as np
+
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+except ImportError:  # pragma: no cover - Python 3.13+ without audioop-lts
+    audioop = None
 
 SAMPLE_RATE = 8000
 
@@ -88,6 +102,23 @@ def _lookup_decode(table: np.ndarray, payload: bytes) -> np.ndarray:
     return table.take(np.frombuffer(payload, dtype=np.uint8))
 
 
+def _audioop_decoder(
+    table: np.ndarray, name: str
+) -> Callable[[np.ndarray, bytes], np.ndarray] | None:
+    """A frame decoder through ``audioop.<name>`` if it agrees with ``table`` on all 256 codes."""
+    if audioop is None:
+        return None
+    convert = getattr(audioop, name)
+    if not np.array_equal(np.frombuffer(convert(bytes(range(256)), 2), np.int16), table):
+        return None  # pragma: no cover - a different audioop build
+
+    def decode(_table: np.ndarray, payload: bytes) -> np.ndarray:
+        # a bytearray keeps the array writable, as the numpy lookup's is
+        return np.frombuffer(bytearray(convert(payload, 2)), dtype=np.int16)
+
+    return decode
+
+
 def _lookup_encode(table: np.ndarray, pcm: np.ndarray) -> bytes:
     samples = np.ascontiguousarray(pcm, dtype=np.int16)
     return table.take(samples.view(np.uint16)).tobytes()
@@ -100,12 +131,13 @@ class _G711Decoder:
     sample_rate = SAMPLE_RATE
     stateless = True  # a frame decodes the same in any order
     _table: np.ndarray
+    _decode: Callable[[np.ndarray, bytes], np.ndarray] = staticmethod(_lookup_decode)
 
     def __init__(self, sample_rate: int | None = None) -> None:
         del sample_rate  # G.711 is always 8 kHz
 
     def decode(self, payload: bytes) -> np.ndarray:
-        return _lookup_decode(self._table, payload)
+        return self._decode(self._table, payload)
 
     def decode_many(self, payloads: list[bytes]) -> list[np.ndarray]:
         """Decode several payloads in one lookup, then split (cheaper than one call each)."""
@@ -129,6 +161,7 @@ class _G711Encoder:
 class MulawDecoder(_G711Decoder):
     encoding = "PCMU"
     _table = ULAW_DECODE
+    _decode = staticmethod(_audioop_decoder(ULAW_DECODE, "ulaw2lin") or _lookup_decode)
 
 
 class MulawEncoder(_G711Encoder):
@@ -139,6 +172,7 @@ class MulawEncoder(_G711Encoder):
 class AlawDecoder(_G711Decoder):
     encoding = "PCMA"
     _table = ALAW_DECODE
+    _decode = staticmethod(_audioop_decoder(ALAW_DECODE, "alaw2lin") or _lookup_decode)
 
 
 class AlawEncoder(_G711Encoder):

