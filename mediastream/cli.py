@@ -19,6 +19,8 @@ from mediastream.server.websocket import DEFAULT_HOST, DEFAULT_PORT, MediaServer
 from mediastream.telnyx.texml import add_texml_command
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# serve --workers N: every line a worker logs says which worker (process) it comes from
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s"
 
 
 def load_handler(spec: str) -> type[StreamHandler]:
@@ -41,6 +43,9 @@ def load_handler(spec: str) -> type[StreamHandler]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    worker = args.ready_fd is not None  # started by a --workers supervisor
+    if args.workers > 1 and not worker:
+        return _serve_workers(args)
     handler = load_handler(args.handler) if args.handler else StreamHandler
     options = StreamOptions(
         record_dir=Path(args.record_dir) if args.record_dir else None,
@@ -66,14 +71,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
         auth_token=token,
         http=http_routes_from_args(args),
+        reuse_port=worker,
+        metrics=not args.no_metrics,
     )
 
     def ready(srv: MediaServer) -> None:
-        where = f" recording to {options.record_dir}/" if options.record_dir else ""
-        print(f"mediastream: listening on ws://{srv.host}:{srv.port}/{where}", flush=True)
+        print(_ready_line(srv.host, srv.port, options.record_dir), flush=True)
 
-    asyncio.run(server.serve_forever(on_ready=ready))
+    on_ready = ready
+    if worker:
+        from mediastream.server.workers import worker_ready
+
+        on_ready = worker_ready(args.ready_fd, args.lifeline_fd)  # the supervisor prints it
+    asyncio.run(server.serve_forever(on_ready=on_ready))
     return 0
+
+
+def _ready_line(host: str, port: int, record_dir: Path | None) -> str:
+    where = f" recording to {record_dir}/" if record_dir else ""
+    return f"mediastream: listening on ws://{host}:{port}/{where}"
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``serve --workers N``: this process supervises N ``serve`` processes on one port."""
+    from mediastream.server.workers import run_supervisor
+
+    record_dir = Path(args.record_dir) if args.record_dir else None
+
+    def ready(port: int) -> None:
+        line = _ready_line(args.host, port, record_dir)
+        print(f"{line} ({args.workers} workers)", flush=True)
+
+    try:
+        return run_supervisor(
+            getattr(args, "argv", sys.argv[1:]),  # set by main()
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            on_ready=ready,
+        )
+    except OSError as exc:  # the port is taken, the host unknown ...
+        raise SystemExit(f"mediastream serve: {exc}") from None
 
 
 # ------------------------------------------------------------------ demo
@@ -292,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.drain_seconds,
         help="on SIGTERM, time live streams get to finish before they are closed (%(default)s)",
     )
+    p.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="do not serve GET /metrics (Prometheus; summed over workers with --workers N)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT, Linux); a supervisor restarts "
+        "any that dies and drains them all on SIGTERM (%(default)s: one process, no supervisor)",
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     add_http_arguments(p)
     p.set_defaults(func=cmd_serve)
 
@@ -371,9 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for serve --workers N
+    worker = getattr(args, "ready_fd", None) is not None
+    logging.basicConfig(
+        level=args.log_level.upper(), format=WORKER_LOG_FORMAT if worker else LOG_FORMAT
+    )
     return int(args.func(args) or 0)
 
 

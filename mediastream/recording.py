@@ -3,8 +3,9 @@
 ``WavFile`` is a 16-bit PCM WAV on disk that can be written at any frame offset; its header is
 rewritten after every write, so the file on disk is always a valid WAV of everything written so
 far. ``recover_wav`` repairs the one thing a kill can leave behind (data written after the last
-header update). ``WavRecorder`` buffers audio per stream and writes blocks of ``flush_seconds``
-in a worker thread, so disk writes never run on the event loop.
+header update). ``WavRecorder`` buffers audio per stream and hands blocks of ``flush_seconds``
+to one writer thread per process, so disk writes never run on the event loop, and handing a
+block over costs the loop a queue append (no task, future or wake-up per block).
 
 Layout: mono when one track is streamed; when both are, two channels (0 inbound, 1 outbound)
 aligned by position. A mono file becomes stereo the moment the second track shows up.
@@ -13,11 +14,15 @@ aligned by position. A mono file becomes stereo the moment the second track show
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import os
+import queue
 import re
 import struct
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +30,11 @@ from typing import Protocol
 import numpy as np
 
 from mediastream.errors import MediaStreamError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process exclusivity, everything else works
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +47,35 @@ _MAX_NAME = 200
 
 class RecordingError(MediaStreamError):
     """A recording file could not be opened or written."""
+
+
+class RecordingLocked(RecordingError):
+    """Another open file (another worker process, usually) is writing this recording."""
+
+
+def _lock(fd: int, path: Path, *, patience: float = 0.0) -> None:
+    """Hold an exclusive ``flock`` on ``fd`` until it is closed, trying for ``patience`` s.
+
+    Every writer holds one, so a file being written by a live process is never continued or
+    repaired by another; the kernel drops it when the writer dies, which is what makes a
+    crashed worker's file recoverable. Where locks are unsupported, writing goes on unlocked.
+    """
+    if fcntl is None:
+        return
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise RecordingLocked(f"{path} is being written by another process") from None
+            time.sleep(0.01)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            logger.debug("no file locks on %s (%s): writing without one", path, exc)
+            return
 
 
 def safe_stream_name(stream_id: str) -> str:
@@ -88,10 +127,24 @@ def _read_layout(fd: int) -> _Layout:
 class WavFile:
     """A 16-bit PCM WAV written at frame offsets, its header current after every write."""
 
-    def __init__(self, path: str | os.PathLike[str], sample_rate: int, channels: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        channels: int = 1,
+        *,
+        create: bool = False,
+    ) -> None:
+        """Open (or make) ``path`` and lock it; ``create`` insists on a new file (O_EXCL), so
+        processes racing for a name each get their own: ``FileExistsError`` if it exists.
+        ``RecordingLocked`` if another open file holds it (with ``create``: still holds it
+        after a second, so that other process has made the new file its own)."""
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if create else 0)
+        self._fd = os.open(self.path, flags, 0o644)
         try:
+            # between O_EXCL and flock, a restarting worker's recovery may glance at a new file
+            _lock(self._fd, self.path, patience=1.0 if create else 0.0)
             if os.fstat(self._fd).st_size == 0:
                 self.sample_rate, self.channels, self._data_offset = sample_rate, channels, 44
                 self.frames = 0
@@ -165,7 +218,11 @@ class WavFile:
 
 
 def unique_recording_path(record_dir: str | os.PathLike[str], stream_id: str) -> Path:
-    """``DIR/<safe id>.wav``, or ``<safe id>.2.wav``, ``.3`` ... if taken: never overwrites."""
+    """``DIR/<safe id>.wav``, or ``<safe id>.2.wav``, ``.3`` ... if taken: never overwrites.
+
+    Only a hint when several processes share ``DIR``: ``open_recording`` claims names
+    atomically.
+    """
     path = recording_path(record_dir, stream_id)
     n = 1
     while path.exists():
@@ -174,29 +231,96 @@ def unique_recording_path(record_dir: str | os.PathLike[str], stream_id: str) ->
     return path
 
 
+def _numbered_path(record_dir: Path, name: str, n: int) -> Path:
+    return record_dir / (f"{name}.wav" if n == 1 else f"{name}.{n}.wav")
+
+
+def open_recording(
+    record_dir: str | os.PathLike[str],
+    stream_id: str,
+    sample_rate: int,
+    *,
+    resume_within: float,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    append: bool = True,
+) -> WavRecorder:
+    """The recorder for a new session of ``stream_id`` in ``record_dir``.
+
+    The stream's latest file (``<id>.wav``, ``<id>.2.wav`` ...) is continued if it was written
+    within ``resume_within`` seconds and no live process holds it: a resume across a restart,
+    or after the worker that wrote it crashed. Otherwise a new file, its name claimed with
+    O_EXCL so that workers sharing the directory never pick the same one. Blocking: run it in
+    a thread. ``flush_seconds`` and ``append`` are ``WavRecorder``'s.
+    """
+    directory, name = Path(record_dir), safe_stream_name(stream_id)
+
+    def recorder(path: Path, create: bool) -> WavRecorder:
+        return WavRecorder(
+            path, sample_rate, flush_seconds=flush_seconds, stream_id=stream_id, append=append,
+            create=create,
+        )  # fmt: skip
+
+    n, latest, latest_mtime = 1, None, 0.0
+    while True:  # names are claimed in order, so the first gap ends the series
+        path = _numbered_path(directory, name, n)
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            break
+        if latest is None or mtime >= latest_mtime:
+            latest, latest_mtime = path, mtime
+        n += 1
+    if latest is not None and time.time() - latest_mtime <= resume_within:
+        try:
+            return recorder(latest, create=False)
+        except RecordingLocked:
+            logger.info(
+                "stream %s: %s is being written by another process; starting a new file",
+                stream_id, latest,
+            )  # fmt: skip
+    while True:
+        try:
+            return recorder(_numbered_path(directory, name, n), create=True)
+        except (FileExistsError, RecordingLocked):
+            n += 1  # another process claimed it first
+
+
 def recover_wav(path: str | os.PathLike[str]) -> bool:
-    """Make the header of a WAV cover all whole frames on disk; True if it had to change."""
+    """Make the header of a WAV cover all whole frames on disk; True if it had to change.
+
+    Raises ``RecordingLocked`` for a file a live process is writing: its header is current
+    as far as that writer knows, and patching it under the writer would race it.
+    """
     fd = os.open(path, os.O_RDWR)
     try:
+        _lock(fd, Path(path))
+        if os.fstat(fd).st_size == 0:
+            return False  # a name just claimed by a writer (or left so): nothing to repair
         layout = _read_layout(fd)
+        end = layout.data_offset + layout.data_bytes
         (declared,) = struct.unpack("<I", os.pread(fd, 4, layout.data_offset - 4))
-        if declared == layout.data_bytes and os.fstat(fd).st_size == (
-            layout.data_offset + layout.data_bytes
-        ):
+        if declared == layout.data_bytes and os.fstat(fd).st_size == end:
             return False
+        os.ftruncate(fd, end)  # a torn last sample goes
+        os.pwrite(fd, struct.pack("<I", end - 8), 4)
+        os.pwrite(fd, struct.pack("<I", layout.data_bytes), layout.data_offset - 4)
+        return True
     finally:
-        os.close(fd)
-    WavFile(path, layout.sample_rate).close()  # opening rewrites the header from the file size
-    return True
+        os.close(fd)  # and with it the lock
 
 
 def recover_recordings(record_dir: str | os.PathLike[str]) -> list[Path]:
-    """Repair every WAV in ``record_dir`` left behind by a killed process; returns those fixed."""
+    """Repair every WAV in ``record_dir`` left behind by a killed process; returns those fixed.
+
+    Files other live processes are writing (other workers on the same directory) are skipped.
+    """
     fixed = []
     for path in sorted(Path(record_dir).glob("*.wav")):
         try:
             if recover_wav(path):
                 fixed.append(path)
+        except RecordingLocked:
+            logger.debug("recording %s is being written by another process: left alone", path)
         except (OSError, RecordingError) as exc:
             logger.warning("cannot recover recording %s: %s", path, exc)
     if fixed:
@@ -223,13 +347,42 @@ class _Piece:
     pcm: np.ndarray
 
 
+class _DiskWriter:
+    """The process's recording writer: one thread runs every recorder's jobs in the order they
+    were handed over (so one file's blocks stay in order) and logs their failures."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="mediastream-recording", daemon=True
+                    )
+                    self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            self._jobs.get()()
+
+
+_WRITER = _DiskWriter()
+
+
 class WavRecorder:
     """Records one stream's audio frames to a WAV, placed by position, buffered in blocks.
 
-    ``await write(frame)`` never waits on the disk; blocks of ``flush_seconds`` go to a worker
-    thread, one at a time, in order. ``await close()`` writes the rest. If the file already
+    ``await write(frame)`` never waits on the disk; blocks of ``flush_seconds`` go to the
+    writer thread, in order. ``await close()`` writes the rest. If the file already
     exists, audio continues after what it holds (``append``), or is placed at its absolute
-    position (``append=False``, for callers that track the timeline themselves).
+    position (``append=False``, for callers that track the timeline themselves). ``create``
+    insists on a new file (``FileExistsError`` otherwise); an existing file another live
+    process is writing raises ``RecordingLocked``: the file stays locked until ``close``.
     """
 
     def __init__(
@@ -240,11 +393,12 @@ class WavRecorder:
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         stream_id: str | None = None,
         append: bool = True,
+        create: bool = False,
     ) -> None:
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.stream_id = stream_id
-        self._file = WavFile(self.path, sample_rate)
+        self._file = WavFile(self.path, sample_rate, create=create)
         # append: positions count from the end of what the file holds; else they are absolute
         self._offset = self._file.frames if append else 0
         self._flush_frames = max(1, int(flush_seconds * sample_rate))
@@ -253,7 +407,7 @@ class WavRecorder:
             self._tracks.append("outbound")
         self._pending: list[_Piece] = []
         self._pending_hi = 0
-        self._flushing: asyncio.Future[None] | None = None
+        self._handed_hi = self._file.frames  # one past the highest sample given to the writer
         self._closed = False
 
     @property
@@ -265,10 +419,10 @@ class WavRecorder:
         return self._file.frames
 
     async def write(self, frame: PositionedAudio) -> None:
-        """Queue one frame; start a background flush once a block's worth is pending."""
+        """Queue one frame; hand a block to the writer thread once one is pending."""
         self.add(frame)
-        if self._flushing is None and self._due():
-            self._flushing = asyncio.ensure_future(self._flush_in_thread())
+        if self._pending_hi - self._handed_hi >= self._flush_frames:
+            self._hand_off()
 
     def add(self, frame: PositionedAudio) -> None:
         """Queue one frame without writing (the synchronous half of ``write``)."""
@@ -285,26 +439,42 @@ class WavRecorder:
         self._pending.append(_Piece(track, start, frame.pcm))
         self._pending_hi = max(self._pending_hi, start + len(frame.pcm))
 
-    def _due(self) -> bool:
-        return self._pending_hi - self._file.frames >= self._flush_frames
-
-    def _take(self) -> tuple[list[_Piece], tuple[str, ...]]:
-        """Hand pending pieces to a writer with the track list as it is now (it may grow)."""
+    def _hand_off(self, then: Callable[[], None] | None = None) -> None:
+        """Give everything pending to the writer thread (with the track list as it is now: it
+        may grow), then run ``then`` there."""
         pieces, self._pending = self._pending, []
-        return pieces, tuple(self._tracks)
+        self._handed_hi = max(self._handed_hi, self._pending_hi)
+        tracks = tuple(self._tracks)
 
-    async def _flush_in_thread(self) -> None:
-        try:
-            while self._pending and self._due():
-                await asyncio.to_thread(self._write_pieces, *self._take())
-        except Exception:
-            logger.exception("stream %s: writing recording %s failed", self.stream_id, self.path)
-        finally:
-            self._flushing = None
+        def job() -> None:
+            try:
+                self._write_pieces(pieces, tracks)
+            except Exception:
+                logger.exception(
+                    "stream %s: writing recording %s failed", self.stream_id, self.path
+                )
+            finally:
+                if then is not None:
+                    then()
+
+        _WRITER.submit(job)
+
+    async def drain(self) -> None:
+        """Wait until everything received so far is on disk."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        self._hand_off(then=wake)
+        await done
 
     def flush(self) -> None:
-        """Write everything pending now, synchronously (for shutdown paths and tests)."""
-        self._write_pieces(*self._take())
+        """Write everything pending now and wait for it (blocking; not on an event loop)."""
+        written = threading.Event()
+        self._hand_off(then=written.set)
+        written.wait()
 
     def _write_pieces(self, pieces: list[_Piece], tracks: tuple[str, ...]) -> None:
         if not pieces:
@@ -327,24 +497,13 @@ class WavRecorder:
         """Write everything still pending and close the file (idempotent)."""
         if self._closed:
             return
-        while self._flushing is not None:
-            with contextlib.suppress(Exception):
-                await self._flushing
         self._closed = True
-        try:
-            await asyncio.to_thread(self._finish)
-        except Exception:
-            logger.exception("stream %s: finishing recording %s failed", self.stream_id, self.path)
-            raise
+        await self.drain()
+        self._file.close()  # the writer holds no job of ours any more
 
     def close_sync(self) -> None:
         """Synchronous close, for code that is not running an event loop."""
         if not self._closed:
             self._closed = True
-            self._finish()
-
-    def _finish(self) -> None:
-        try:
-            self._write_pieces(*self._take())
-        finally:
+            self.flush()
             self._file.close()

@@ -28,7 +28,8 @@ from mediastream.handler import (
     StreamOptions,
     Transport,
 )
-from mediastream.recording import WavRecorder, recording_path, unique_recording_path
+from mediastream.metrics import ServerMetrics, StreamMeter
+from mediastream.recording import WavRecorder, open_recording
 from mediastream.session import (
     Audio,
     Connected,
@@ -58,6 +59,7 @@ class Stream:
     ended: bool = False
     error_counts: dict[str, int] = field(default_factory=dict)
     _expiry: asyncio.TimerHandle | None = None
+    metrics: ServerMetrics | None = field(default=None, repr=False)  # counts handler errors
 
     async def call_handler(self, name: str, *args: Any) -> bool:
         """Run a handler method; an exception ends this stream (logged), never the server."""
@@ -68,6 +70,8 @@ class Stream:
             await method(*args)
         except Exception:
             self.failed = True
+            if self.metrics is not None:
+                self.metrics.handler_errors += 1  # pushed in batches (metrics.py)
             logger.exception(
                 "stream %s: handler %s.%s raised; ending this stream",
                 self.stream_id, type(self.handler).__name__, name,
@@ -94,6 +98,7 @@ class StreamRegistry:
         self.handler_factory = handler_factory
         self.options = options
         self.streams: dict[str, Stream] = {}
+        self.metrics: ServerMetrics | None = None  # set by the server when it exposes metrics
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -110,7 +115,7 @@ class StreamRegistry:
             logger.info("stream %s: resumed on a new socket", event.stream_id)
             return stream, True
         call = Call.from_started(event, connection.transport, connection.session)
-        stream = Stream(event.stream_id, call, sockets=1)
+        stream = Stream(event.stream_id, call, sockets=1, metrics=self.metrics)
         self.streams[event.stream_id] = stream
         if self.options.record_dir is not None:
             stream.recorder = await asyncio.to_thread(self._open_recorder, event)
@@ -118,21 +123,20 @@ class StreamRegistry:
         return stream, False
 
     def _open_recorder(self, event: Started) -> WavRecorder:
-        """Continue a file written within the grace period (a resume across a restart);
-        otherwise never overwrite: a new session of an old id gets ``<id>.2.wav``."""
+        """Continue a file written within the grace period (a resume across a restart)
+        unless another live process (worker) holds it; otherwise never overwrite: a new
+        session of an old id gets ``<id>.2.wav`` (see ``open_recording``)."""
         assert self.options.record_dir is not None
-        path = recording_path(self.options.record_dir, event.stream_id)
-        grace = self.options.resume_grace_seconds
-        if not (path.exists() and time.time() - path.stat().st_mtime <= grace):
-            path = unique_recording_path(self.options.record_dir, event.stream_id)
-        logger.info("stream %s: recording to %s", event.stream_id, path)
-        return WavRecorder(
-            path,
+        recorder = open_recording(
+            self.options.record_dir,
+            event.stream_id,
             event.sample_rate,
+            resume_within=self.options.resume_grace_seconds,
             flush_seconds=self.options.flush_seconds,
-            stream_id=event.stream_id,
             append=False,
         )
+        logger.info("stream %s: recording to %s", event.stream_id, recorder.path)
+        return recorder
 
     async def suspend(self, stream: Stream) -> None:
         """The socket closed without ``stop``: keep the stream for the grace period."""
@@ -141,7 +145,7 @@ class StreamRegistry:
             await self.end(stream)
             return
         if stream.recorder is not None:
-            await asyncio.to_thread(stream.recorder.flush)  # everything on disk while we wait
+            await stream.recorder.drain()  # everything on disk while we wait
         loop = asyncio.get_running_loop()
         stream._expiry = loop.call_later(grace, self._expire, stream)
         logger.info(
@@ -214,6 +218,8 @@ class StreamConnection:
         self._early_errors: dict[str, int] = {}
         self._capture = CaptureWriter(options.capture_dir) if options.capture_dir else None
         self._auth_token = auth_token  # redacted from captures
+        metrics = registry.metrics  # plain counters per frame, pushed in batches (metrics.py)
+        self.meter: StreamMeter | None = None if metrics is None else metrics.meter(self.session)
 
     async def socket_closed(self) -> None:
         """The socket is gone (perhaps while a handler is busy): playback on it can only fail,
@@ -251,6 +257,8 @@ class StreamConnection:
         try:
             await self._dispatch(self.session.close())
         finally:
+            if self.meter is not None:
+                self.meter.close()  # this socket's counting is over: push its counts now
             if self._capture is not None:
                 await self._capture.close()
             stream = self.stream
@@ -264,6 +272,7 @@ class StreamConnection:
     async def _dispatch(self, events: list[Event]) -> bool:
         keep_going = True
         stream = self.stream
+        meter = self.meter
         for event in events:
             if isinstance(event, Audio):
                 if stream is None:
@@ -272,7 +281,10 @@ class StreamConnection:
                 if stream.recorder is not None:
                     await stream.recorder.write(event)
                 if not event.late:  # handlers get an in-order stream; late audio patches files
-                    keep_going &= await stream.call_handler("on_audio", event)
+                    handled = await stream.call_handler("on_audio", event)
+                    keep_going &= handled
+                    if handled and meter is not None:  # handler lag: plain ints (metrics.py)
+                        meter.handled(event, self.last_activity)
             elif isinstance(event, Started):
                 keep_going &= await self._on_started(event)
                 stream = self.stream
@@ -349,6 +361,8 @@ class StreamConnection:
             self.close_code, self.close_reason = code, reason[:120]
 
     def _note_error(self, error: Error) -> None:
+        if self.meter is not None:
+            self.meter.error(error.kind)
         if self.stream is not None:
             self.stream.note_error(error)
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -90,3 +92,14 @@ def example_server(
     finally:
         proc.send_signal(stop)
         output.append(proc.communicate(timeout=30)[0])
+
+
+async def healthz(port: int) -> tuple[int, dict[str, object]]:
+    """``GET /healthz`` over a raw socket: (status code, JSON body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    response = (await reader.read(4096)).decode()
+    writer.close()
+    head, _, body = response.partition("\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)

@@ -7,7 +7,7 @@ import), so it can be mounted as a route endpoint or as a sub-application::
 
     media = MediaApp(Bot, record_dir="recordings")
     app = Starlette(lifespan=media.lifespan)   # finalizes recordings on shutdown
-    media.mount(app)                           # /stream, /callbacks/stream, /texml
+    media.mount(app)                           # /stream, /callbacks/stream, /texml, /metrics
     # or: app.mount("/telnyx", media)          # any sub-path; WebSocket = media, HTTP = routes
 
 The ASGI server owns keepalive pings and its own frame size limit; ``max_frame_bytes`` is
@@ -33,6 +33,7 @@ from mediastream.server.http import (
     HttpRequest,
     HttpResponse,
     HttpRoutes,
+    install_metrics,
 )
 from mediastream.streams import StreamConnection, StreamRegistry
 
@@ -79,6 +80,7 @@ class MediaApp:
         auth_token: str | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_body_bytes: int = MAX_BODY_BYTES,
+        metrics: bool = True,
     ) -> None:
         self.options = options or StreamOptions()
         if record_dir is not None:
@@ -86,6 +88,7 @@ class MediaApp:
         self.registry = StreamRegistry(handler, self.options)
         self.http = http or HttpRoutes()
         self.http.attach(self.registry)
+        self.metrics = install_metrics(self.registry, self.http) if metrics else None
         self.auth_token = auth_token or None
         self.max_frame_bytes = max_frame_bytes
         self.max_body_bytes = max_body_bytes
@@ -113,12 +116,16 @@ class MediaApp:
             with contextlib.suppress(Exception):
                 await connection.transport.close(1001, "server shutting down")
         await self.registry.close_all()
+        if self.metrics is not None:
+            await self.metrics.close()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """For ``Starlette(lifespan=media.lifespan)``: without it, streams waiting for a
         reconnect at shutdown are not finalized by this app."""
         await self.startup()
+        if self.metrics is not None:
+            self.metrics.start()  # batches every second; without a lifespan: at stream end, scrape
         try:
             yield
         finally:
@@ -132,6 +139,8 @@ class MediaApp:
         for route in (self.http.callback_path, self.http.texml_path):
             if route:
                 router.add_route(route, self, methods=["GET", "POST"])
+        if self.metrics is not None and self.http.metrics_path:
+            router.add_route(self.http.metrics_path, self, methods=["GET"])
 
     # ------------------------------------------------------------ ASGI
 
@@ -156,6 +165,8 @@ class MediaApp:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                if self.metrics is not None:
+                    self.metrics.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()

@@ -6,6 +6,7 @@ Routes (paths configurable):
   the Ed25519 signature must verify (else 401); the event then goes to ``on_status`` of the
   live stream it names (by stream id, else by call id) and to the server-wide hook.
 * ``GET|POST /texml``: the TeXML that answers an incoming call by streaming it to this server.
+* ``GET /metrics``: Prometheus text format, when the server exposes metrics (``metrics.py``).
 
 ``HttpRoutes.handle`` is framework-neutral (``HttpRequest`` in, ``HttpResponse`` out); the
 websockets server calls it through ``process_request`` and the ASGI app through its own
@@ -39,6 +40,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from mediastream.errors import MediaStreamError
+from mediastream.metrics import ServerMetrics
 from mediastream.streams import Stream as LiveStream
 from mediastream.streams import StreamRegistry
 from mediastream.telnyx.texml import (
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/callbacks/stream"
 TEXML_PATH = "/texml"
+METRICS_PATH = "/metrics"
 STREAM_PATH = "/stream"
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 256 * 1024
@@ -115,6 +118,7 @@ class HttpRoutes:
         callback_path: str | None = CALLBACK_PATH,
         texml_path: str | None = TEXML_PATH,
         stream_path: str = STREAM_PATH,
+        metrics_path: str | None = METRICS_PATH,
     ) -> None:
         self.verifier = SignatureVerifier(public_key) if public_key else None
         self.stream = stream or Stream()
@@ -124,6 +128,8 @@ class HttpRoutes:
         self.callback_path = callback_path
         self.texml_path = texml_path
         self.stream_path = stream_path
+        self.metrics_path = metrics_path
+        self.metrics: ServerMetrics | None = None  # set by a server that exposes metrics
         self._registry: StreamRegistry | None = None
         self._warned_get = False
 
@@ -135,6 +141,8 @@ class HttpRoutes:
 
     async def handle(self, request: HttpRequest) -> HttpResponse | None:
         """The response for ``request``, or None when no route wants it (an unknown GET)."""
+        if request.path == self.metrics_path and self.metrics is not None:
+            return self._metrics(request, self.metrics)
         if request.path == self.callback_path:
             route = self._status_callback
         elif request.path == self.texml_path:
@@ -169,6 +177,15 @@ class HttpRoutes:
         return None if response is None else to_websockets(response)
 
     # ------------------------------------------------------------ routes
+
+    @staticmethod
+    def _metrics(request: HttpRequest, metrics: ServerMetrics) -> HttpResponse:
+        """Prometheus text format; pending counts are pushed first (see metrics.py)."""
+        if request.method != "GET":
+            allow = (("Allow", "GET"),)
+            return HttpResponse.text(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers=allow)
+        body, content_type = metrics.render()
+        return HttpResponse(HTTPStatus.OK, body, content_type)
 
     async def _status_callback(self, request: HttpRequest) -> HttpResponse:
         if self.verifier is not None:
@@ -263,6 +280,13 @@ class HttpRoutes:
             path = request.root_path + self.callback_path
             values["status_callback"] = f"{scheme}://{parts.netloc}{path}"
         return Stream(**values)
+
+
+def install_metrics(registry: StreamRegistry, routes: HttpRoutes) -> ServerMetrics:
+    """Metrics for one server: fed by ``registry``, served by ``routes`` at ``/metrics``."""
+    metrics = ServerMetrics(lambda: [stream.call for stream in registry.streams.values()])
+    registry.metrics = routes.metrics = metrics
+    return metrics
 
 
 def _first(value: str | None) -> str:

@@ -1,4 +1,5 @@
-"""The media server on the ``websockets`` library: WebSocket on any path, ``GET /healthz``.
+"""The media server on the ``websockets`` library: WebSocket on any path, ``GET /healthz``
+(and ``GET /metrics``, a route of ``server/http.py``).
 
 This module moves text between sockets and ``StreamConnection``s and enforces what an operator
 needs from a socket reachable from the internet: an optional streaming auth token (checked in
@@ -30,7 +31,7 @@ from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.logs import redacting_logger
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
-from mediastream.server.http import HttpBodyConnection, HttpRoutes
+from mediastream.server.http import HttpBodyConnection, HttpRoutes, install_metrics
 from mediastream.streams import StreamConnection, StreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,12 @@ class MediaServer:
         limits: ServerLimits | None = None,
         auth_token: str | None = None,
         http: HttpRoutes | None = None,
+        reuse_port: bool = False,
+        metrics: bool = True,
     ) -> None:
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the port
         self.options = options or StreamOptions()
         if record_dir is not None:
             self.options.record_dir = Path(record_dir)
@@ -94,6 +98,7 @@ class MediaServer:
         self.registry = StreamRegistry(handler, self.options)
         self.http = http or HttpRoutes()
         self.http.attach(self.registry)
+        self.metrics = install_metrics(self.registry, self.http) if metrics else None
         self.connections: set[StreamConnection] = set()
         self.sockets_total = 0
         self.draining = False
@@ -121,11 +126,14 @@ class MediaServer:
             ping_interval=limits.ping_interval,
             ping_timeout=limits.ping_timeout,
             logger=redacting_logger("websockets.server", self.auth_token),
+            reuse_port=self.reuse_port or None,  # goes to loop.create_server
         )
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        if self.metrics is not None:
+            self.metrics.start()  # pushes batched counts every second
         logger.info("listening on ws://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
@@ -140,6 +148,8 @@ class MediaServer:
         server.close(close_connections=True)
         await server.wait_closed()
         await self.registry.close_all()
+        if self.metrics is not None:
+            await self.metrics.close()
         logger.info("server stopped; %d socket(s) served", self.sockets_total)
 
     async def drain(self) -> None:

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from mediastream.recording import recover_wav
 from mediastream.simulate import FRAME_MS, CallPlan, plan_call, synthesize_speechlike
-from tests.processes import start_server
+from tests.processes import healthz, start_server
 
 VOICE = synthesize_speechlike(8.0, 8000)
 
@@ -101,16 +101,6 @@ async def test_sigterm_mid_call_finalizes_the_recording(tmp_path: Path):
     np.testing.assert_array_equal(data, plan.expected_pcm()[: len(data)])
 
 
-async def _healthz(port: int) -> tuple[int, dict]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    await writer.drain()
-    response = (await reader.read(4096)).decode()
-    writer.close()
-    head, _, body = response.partition("\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
-
-
 async def test_sigterm_drains_twenty_live_calls(tmp_path: Path):
     from mediastream.simulate import send_call
 
@@ -119,7 +109,7 @@ async def test_sigterm_drains_twenty_live_calls(tmp_path: Path):
     voice = synthesize_speechlike(3.0, 8000)
     plans = [plan_call(voice, codec="PCMU", stream_id=f"drain-{i}", seed=i) for i in range(20)]
     try:
-        assert await _healthz(port) == (200, {"status": "ok", "streams": 0})
+        assert await healthz(port) == (200, {"status": "ok", "streams": 0})
         calls = [
             asyncio.create_task(send_call(f"ws://127.0.0.1:{port}/", p, realtime=True))
             for p in plans
@@ -127,7 +117,7 @@ async def test_sigterm_drains_twenty_live_calls(tmp_path: Path):
         await asyncio.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
-        status, body = await _healthz(port)
+        status, body = await healthz(port)
         assert (status, body["status"]) == (503, "draining") and body["streams"] == 20
         results = await asyncio.gather(*calls)
         assert proc.wait(30) == 0
