@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from mediastream.simulate import load_audio, plan_call, synthesize_speechlike
@@ -46,13 +47,15 @@ def test_demo_prints_a_wav_holding_the_audio_it_sent(tmp_path: Path):
     assert snr > 30
 
 
-def test_simulate_command_sends_both_tracks_of_a_file_for_several_calls(tmp_path: Path):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_simulate_command_sends_both_tracks_of_a_file_for_several_calls(tmp_path: Path, loop: str):
+    """Also the server on uvloop (``serve --loop uvloop``): the same exact recordings."""
     record_dir = tmp_path / "rec"
     source = tmp_path / "speech.flac"
     rng = np.random.default_rng(0)
     stereo_44k = (rng.normal(0, 0.1, (44100 * 2, 2))).clip(-1, 1)
     soundfile.write(source, stereo_44k, 44100)
-    proc, port = start_server("--record-dir", str(record_dir))
+    proc, port = start_server("--record-dir", str(record_dir), "--loop", loop)
     try:
         result = mediastream(
             "simulate", f"ws://127.0.0.1:{port}/", "--audio", str(source), "--codec", "PCMA",
@@ -61,7 +64,7 @@ def test_simulate_command_sends_both_tracks_of_a_file_for_several_calls(tmp_path
         assert result.returncode == 0, result.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        assert proc.wait(30) == 0
     audio = load_audio(source, 8000)
     for n in (1, 2, 3):
         plan = plan_call(audio, codec="PCMA", tracks=("inbound", "outbound"))
