@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["baseline", "noop", "record"],
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="~60 s smoke run, small fixed N")
-    parser.add_argument("--quick-streams", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--quick-streams", type=int, nargs="+", default=[100])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per probe")
     parser.add_argument("--start", type=int, default=200, help="first N tried")
     parser.add_argument("--step", type=float, default=0.08, help="N grows by this fraction")
