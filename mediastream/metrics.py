@@ -49,7 +49,6 @@ from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:
     from mediastream.handler import Call
-    from mediastream.jitter import ReorderStats
     from mediastream.session import Audio, Session
 
 logger = logging.getLogger(__name__)
@@ -305,8 +304,7 @@ class ServerMetrics:
         if codec is not None:  # frames before ``start`` wait until their codec is known
             stats = session.stats
             gaps = reordered = late = 0
-            reorder: Iterable[ReorderStats] = session.reorder_stats().values()  # type: ignore[assignment]
-            for track in reorder:
+            for track in session.reorder_stats().values():
                 gaps += track.gaps
                 reordered += track.reordered
                 late += track.late

@@ -218,20 +218,6 @@ class WavFile:
             self._fd = -1
 
 
-def unique_recording_path(record_dir: str | os.PathLike[str], stream_id: str) -> Path:
-    """``DIR/<safe id>.wav``, or ``<safe id>.2.wav``, ``.3`` ... if taken: never overwrites.
-
-    Only a hint when several processes share ``DIR``: ``open_recording`` claims names
-    atomically.
-    """
-    path = recording_path(record_dir, stream_id)
-    n = 1
-    while path.exists():
-        n += 1
-        path = path.with_name(f"{safe_stream_name(stream_id)}.{n}.wav")
-    return path
-
-
 def _numbered_path(record_dir: Path, name: str, n: int) -> Path:
     return record_dir / (f"{name}.wav" if n == 1 else f"{name}.{n}.wav")
 
@@ -412,10 +398,6 @@ class WavRecorder:
         start = self._offset + frame.position
         self._pending.append(_Piece(track, start, frame.pcm))
         self._pending_hi = max(self._pending_hi, start + len(frame.pcm))
-
-    async def drain(self) -> None:
-        """Put everything received so far on disk."""
-        self.flush()
 
     def flush(self) -> None:
         """Write everything buffered now; a failure is logged, and the audio kept for a retry."""

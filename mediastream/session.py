@@ -17,7 +17,7 @@ import numpy as np
 
 from mediastream import codecs
 from mediastream.errors import CodecError, ProtocolError, UnsupportedCodecError
-from mediastream.jitter import DEFAULT_DEPTH, ReorderBuffer
+from mediastream.jitter import DEFAULT_DEPTH, ReorderBuffer, ReorderStats
 from mediastream.logs import redact_secrets
 from mediastream.protocol.frames import (
     ConnectedFrame,
@@ -433,7 +433,7 @@ class Session:
     def tracks(self) -> list[str]:
         return list(self._tracks)
 
-    def reorder_stats(self) -> dict[str, object]:
+    def reorder_stats(self) -> dict[str, ReorderStats]:
         return {name: track.buffer.stats for name, track in self._tracks.items()}
 
 

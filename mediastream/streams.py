@@ -145,7 +145,7 @@ class StreamRegistry:
             await self.end(stream)
             return
         if stream.recorder is not None:
-            await stream.recorder.drain()  # everything on disk while we wait
+            stream.recorder.flush()  # everything on disk while we wait
         loop = asyncio.get_running_loop()
         stream._expiry = loop.call_later(grace, self._expire, stream)
         logger.info(

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as in metrics.py, imported late (see below)
 RESTART_DELAY = 0.1  # seconds before the first restart of a worker; doubles per recent crash
 RESTART_DELAY_MAX = 5.0
 CRASH_WINDOW = 60.0  # crashes of one worker counted over this many seconds ...
@@ -351,27 +351,14 @@ class Supervisor:
         The metrics code is imported here first, before the variable is set, so that this
         process itself stays in single-process mode and never writes files there.
         """
-        prepare: Callable[[str], None] | None = None
-        try:
-            from mediastream import metrics
-        except ImportError:
-            metrics = None  # type: ignore[assignment]
-        if metrics is not None:
-            self._mark_dead = metrics.mark_worker_dead
-            prepare = metrics.prepare_multiprocess_dir
-        else:
-            try:
-                from prometheus_client import multiprocess
-            except ImportError:
-                multiprocess = None  # type: ignore[assignment]
-            if multiprocess is not None:
-                self._mark_dead = multiprocess.mark_process_dead
+        from mediastream import metrics
+
+        self._mark_dead = metrics.mark_worker_dead
         path = os.environ.get(MULTIPROC_ENV)
         if not path:
             path = self._metrics_dir = tempfile.mkdtemp(prefix="mediastream-metrics-")
             os.environ[MULTIPROC_ENV] = path
-        if prepare is not None:
-            prepare(path)
+        metrics.prepare_multiprocess_dir(path)
         logger.debug("worker metrics in %s", path)
 
     def _worker_gone(self, pid: int) -> None:
