@@ -329,7 +329,9 @@ def parse_object(data: Any) -> InboundFrame | UnknownFrame:
         raise ProtocolError(f"invalid {event!r} frame: {problems}", stream_id=stream_id) from exc
 
 
-_MEDIA_MARKER = '"event":"media"'
+# a cheap test before trying the media-only readers; whitespace-tolerant (``"event": "media"``),
+# and a non-media frame that passes it is only read the general way after all
+_MEDIA_MARKER = '"media"'
 _MEDIA_MARKER_BYTES = _MEDIA_MARKER.encode()
 _MARKER_WINDOW = 64
 

@@ -266,3 +266,18 @@ def test_twilio_dialect_start_and_outbound():
     assert frame.start.custom_parameters == {"FirstName": "Jane"}
     out = json.loads(twilio_outbound(encode_outbound(OutboundClear()), "MZ1"))
     assert out == {"event": "clear", "streamSid": "MZ1"}
+
+
+def test_fast_media_parser_reads_documented_media_frames() -> None:
+    """The agreement property (tests/test_fuzz.py) holds for a parser that declines every
+    frame; the hot path must actually take the carrier's frames, string or number counters."""
+    from mediastream.protocol.frames import MediaFields, parse_media
+
+    media = {"track": "inbound_track", "chunk": "4", "timestamp": "60", "payload": "AAAA"}
+    frame = {"event": "media", "sequence_number": "5", "media": media, "stream_id": "s"}
+    assert parse_media(json.dumps(frame)) == MediaFields("inbound", 4, "60", "AAAA")
+    numbers = {**frame, "sequence_number": 9, "media": {"timestamp": 0, "payload": "AAAA"}}
+    assert parse_media(json.dumps(numbers, separators=(",", ":"))) == MediaFields(
+        "inbound", 9, 0, "AAAA"
+    )
+    assert parse_media(json.dumps({"event": "stop", "stream_id": "s"})) is None
