@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.logs import redacting_logger
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
-from mediastream.server.http import HttpBodyConnection, HttpRoutes, install_metrics
+from mediastream.server.connection import InvalidText, MediaConnection
+from mediastream.server.http import HttpRoutes, install_metrics
 from mediastream.streams import StreamConnection, StreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_INVALID_DATA = 1007
 
 
 @dataclass
@@ -120,7 +121,7 @@ class MediaServer:
             self.host,
             self.port,
             process_request=self._process_request,
-            create_connection=HttpBodyConnection,  # reads callback bodies (server/http.py)
+            create_connection=MediaConnection,  # callback bodies, the media read path
             compression=None,
             max_size=limits.max_frame_bytes,
             open_timeout=limits.handshake_seconds,
@@ -235,7 +236,7 @@ class MediaServer:
                 return ws.respond(HTTPStatus.UNAUTHORIZED, "invalid streaming auth token\n")
         return None
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: MediaConnection) -> None:
         peer = _peer(ws)
         connection = StreamConnection(
             self.registry, _SocketTransport(ws), peer=peer, auth_token=self.auth_token
@@ -244,19 +245,8 @@ class MediaServer:
         self.sockets_total += 1
         watcher = asyncio.create_task(self._on_socket_closed(ws, connection))
         try:
-            if not await self._authenticate(ws, connection):
-                return
-            closing: asyncio.Task[None] | None = None
-            async for message in ws:
-                if closing is None and not await connection.receive(message):
-                    # close, but keep reading: a peer blocked on a full queue never sees it
-                    code, reason = connection.close_code, connection.close_reason
-                    closing = asyncio.create_task(ws.close(code, reason))
-            if closing is not None:
-                await closing
-        except ConnectionClosed as exc:
-            if exc.rcvd is None or exc.rcvd.code not in (1000, 1001):
-                logger.info("stream %s: socket closed abruptly (%s)", connection.stream_id, exc)
+            if await self._authenticate(ws, connection):
+                await self._read(ws, connection)
         finally:
             self.connections.discard(connection)
             await watcher
@@ -266,6 +256,39 @@ class MediaServer:
                 logger.exception("stream %s: finishing the stream failed", connection.stream_id)
 
     @staticmethod
+    async def _read(ws: MediaConnection, connection: StreamConnection) -> None:
+        """Hand every message to the stream, in order, until the socket is gone. Once the
+        stream ends, the socket is closed but still read: a peer blocked on a full socket
+        buffer would never see the close."""
+        inbox, receive = ws.inbox, connection.receive
+        closing: asyncio.Task[None] | None = None
+        while await ws.wait_for_messages():
+            if closing is not None:
+                inbox.clear()
+                continue
+            while inbox:
+                message = inbox.popleft()
+                if isinstance(message, InvalidText):
+                    logger.warning(
+                        "stream %s: text frame is not UTF-8 (%s); closing",
+                        connection.stream_id, message.reason,
+                    )  # fmt: skip
+                    closing = asyncio.create_task(ws.close(CLOSE_INVALID_DATA, "invalid UTF-8"))
+                    break
+                if not await receive(message):
+                    code, reason = connection.close_code, connection.close_reason
+                    closing = asyncio.create_task(ws.close(code, reason))
+                    break
+        if closing is not None:
+            await closing
+        received = ws.protocol.close_rcvd
+        if received is None or received.code not in (1000, 1001):
+            logger.info(
+                "stream %s: socket closed abruptly (%s)",
+                connection.stream_id, ws.protocol.close_exc,
+            )  # fmt: skip
+
+    @staticmethod
     async def _on_socket_closed(ws: ServerConnection, connection: StreamConnection) -> None:
         await ws.wait_closed()
         try:
@@ -273,16 +296,18 @@ class MediaServer:
         except Exception:
             logger.exception("stream %s: stopping playback failed", connection.stream_id)
 
-    async def _authenticate(self, ws: ServerConnection, connection: StreamConnection) -> bool:
+    async def _authenticate(self, ws: MediaConnection, connection: StreamConnection) -> bool:
         """Without the token in the upgrade headers, the first frame must carry it."""
         if self.auth_token is None or ws.request is None:
             return True
         if ws.request.headers.get(AUTH_TOKEN_KEY) is not None:
             return True  # checked in _process_request
-        first = await ws.recv()
+        if not await ws.wait_for_messages():
+            return False
+        first = ws.inbox.popleft()
         token = None
         with contextlib.suppress(Exception):
-            frame = parse_frame(first)
+            frame = parse_frame(first) if isinstance(first, str) else None
             if isinstance(frame, ConnectedFrame):
                 token = frame.auth_token
         if token is None or not _same(token, self.auth_token):
