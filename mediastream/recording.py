@@ -194,7 +194,7 @@ class WavFile:
         data = np.ascontiguousarray(block, dtype="<i2")
         if data.ndim != 2 or data.shape[1] != self.channels:
             raise RecordingError(f"block shape {data.shape} does not fit {self.channels} channels")
-        os.pwrite(self._fd, data.tobytes(), self._data_offset + start * 2 * self.channels)
+        os.pwrite(self._fd, data, self._data_offset + start * 2 * self.channels)
         self.frames = max(self.frames, start + len(data))
         self._write_header()
 
@@ -415,6 +415,16 @@ class WavRecorder:
         if not pieces:
             return
         file = self._file
+        if file.channels == 1 and len(tracks) < 2:
+            # The usual block: mono, in order, continuing the file: joined without a merge.
+            end = file.frames
+            for piece in pieces:
+                if piece.position != end:
+                    break
+                end += len(piece.pcm)
+            else:
+                file.write(file.frames, np.concatenate([p.pcm for p in pieces])[:, None])
+                return
         if len(tracks) == 2 and file.channels == 1:
             file.widen_to_stereo(existing_channel=1 if tracks[0] == "outbound" else 0)
         lo = min(min(p.position for p in pieces), file.frames)
