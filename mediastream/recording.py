@@ -334,6 +334,41 @@ class _Piece:
     pcm: np.ndarray
 
 
+class _Run:
+    """In-order audio of one track gathered in a reused buffer: a frame that continues the
+    run costs one copy and leaves no object behind (nothing for the collector to promote),
+    and the block is written from the buffer as it is."""
+
+    __slots__ = ("buffer", "fill", "start", "track")
+
+    def __init__(self, capacity: int) -> None:
+        self.buffer = np.empty(capacity, dtype=np.int16)
+        self.track = ""
+        self.start = 0
+        self.fill = 0
+
+    def extend(self, track: str, start: int, pcm: np.ndarray) -> bool:
+        """Append ``pcm`` if it continues this run (or starts an empty one) and fits."""
+        n, fill = len(pcm), self.fill
+        if fill + n > len(self.buffer):
+            return False
+        if fill == 0:
+            self.track, self.start = track, start
+        elif track != self.track or start != self.start + fill:
+            return False
+        self.buffer[fill : fill + n] = pcm
+        self.fill = fill + n
+        return True
+
+    def take(self) -> _Piece | None:
+        """The run as a piece of its own (a copy), leaving the run empty."""
+        if self.fill == 0:
+            return None
+        piece = _Piece(self.track, self.start, self.buffer[: self.fill].copy())
+        self.fill = 0
+        return piece
+
+
 class WavRecorder:
     """Records one stream's audio frames to a WAV, placed by position, buffered in blocks.
 
@@ -365,7 +400,8 @@ class WavRecorder:
         self._tracks: list[str] = ["inbound"] if self._file.channels == 2 else []
         if self._file.channels == 2:
             self._tracks.append("outbound")
-        self._pending: list[_Piece] = []
+        self._pending: list[_Piece] = []  # audio that did not continue the run, by position
+        self._run = _Run(self._flush_frames + sample_rate // 10)
         self._pending_hi = 0
         self._written_hi = self._file.frames  # one past the highest sample written
         self._closed = False
@@ -380,6 +416,10 @@ class WavRecorder:
 
     async def write(self, frame: PositionedAudio) -> None:
         """Buffer one frame; write a block once ``flush_seconds`` of audio is buffered."""
+        self.append(frame)
+
+    def append(self, frame: PositionedAudio) -> None:
+        """``write`` without a coroutine, for the server's per-frame path."""
         self.add(frame)
         if self._pending_hi - self._written_hi >= self._flush_frames:
             self.flush()
@@ -396,15 +436,34 @@ class WavRecorder:
         if track not in self._tracks:
             self._tracks.append(track)
         start = self._offset + frame.position
-        self._pending.append(_Piece(track, start, frame.pcm))
+        if not self._run.extend(track, start, frame.pcm):
+            self._end_run()
+            if not self._run.extend(track, start, frame.pcm):
+                self._pending.append(_Piece(track, start, frame.pcm))
         self._pending_hi = max(self._pending_hi, start + len(frame.pcm))
+
+    def _end_run(self) -> None:
+        piece = self._run.take()
+        if piece is not None:
+            self._pending.append(piece)  # after what came before it: later pieces win overlaps
 
     def flush(self) -> None:
         """Write everything buffered now; a failure is logged, and the audio kept for a retry."""
-        if not self._pending:
+        run, file = self._run, self._file
+        if not self._pending and not run.fill:
             return
         try:
-            self._write_pieces(self._pending, tuple(self._tracks))
+            if (
+                not self._pending
+                and file.channels == 1
+                and len(self._tracks) < 2
+                and (run.start == file.frames)
+            ):  # the usual block: one run continuing a mono file, written from the buffer
+                file.write(run.start, run.buffer[: run.fill, None])
+                run.fill = 0
+            else:
+                self._end_run()
+                self._write_pieces(self._pending, tuple(self._tracks))
         except Exception:
             logger.exception("stream %s: writing %s failed", self.stream_id, self.path)
             return

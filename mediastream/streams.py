@@ -279,7 +279,7 @@ class StreamConnection:
                     continue
                 self._place(stream, event)
                 if stream.recorder is not None:
-                    await stream.recorder.write(event)
+                    stream.recorder.append(event)  # blocks go to disk every 0.5 s
                 if not event.late:  # handlers get an in-order stream; late audio patches files
                     handled = await stream.call_handler("on_audio", event)
                     keep_going &= handled

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mediastream.recording import (
     WavFile,
@@ -76,6 +78,57 @@ def test_recorder_places_frames_by_position_not_arrival(tmp_path: Path):
     rec.close_sync()
     data, _ = soundfile.read(path, dtype="int16")
     np.testing.assert_array_equal(data, np.concatenate([f.pcm for f in frames]))
+
+
+SLOT = 160
+recorder_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["inbound", "inbound", "inbound", "outbound"]),
+        st.integers(0, 30),  # the slot: in order mostly, with repeats, gaps and late ones
+        st.booleans(),  # flush after this frame
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=recorder_steps, in_order=st.booleans(), flush_frames=st.sampled_from([1, 2, 5, 100]))
+def test_recorder_holds_the_last_audio_written_at_every_position(
+    tmp_path: Path, steps: list[tuple[str, int, bool]], in_order: bool, flush_frames: int
+):
+    """Whatever the order, repeats, gaps, flushes and tracks: the file is what a plain array
+    would hold (later writes win, holes are silence, outbound on the right channel)."""
+    if in_order:  # the common shape: each track's frames one after another
+        sent: dict[str, int] = {}
+        ordered = []
+        for track, _, flush in steps:
+            ordered.append((track, sent.get(track, 0), flush))
+            sent[track] = sent.get(track, 0) + 1
+        steps = ordered
+    path = tmp_path / "property.wav"
+    path.unlink(missing_ok=True)  # one file per example (the fixture is shared by examples)
+    recorder = WavRecorder(path, 8000, flush_seconds=flush_frames * SLOT / 8000)
+    expected = {track: np.zeros(60 * SLOT, np.int16) for track in ("inbound", "outbound")}
+    end = 0
+    for n, (track, slot, flush) in enumerate(steps):
+        pcm = tone(SLOT, n)
+        recorder.add(Frame(track, pcm, 8000, slot * SLOT))
+        expected[track][slot * SLOT : (slot + 1) * SLOT] = pcm
+        end = max(end, (slot + 1) * SLOT)
+        if flush:
+            recorder.flush()
+    recorder.close_sync()
+    data, _ = soundfile.read(path, dtype="int16")
+    tracks = {track for track, _, _ in steps}
+    if len(tracks) == 2:
+        assert data.shape == (end, 2)
+        np.testing.assert_array_equal(data[:, 0], expected["inbound"][:end])
+        np.testing.assert_array_equal(data[:, 1], expected["outbound"][:end])
+    else:
+        np.testing.assert_array_equal(data, expected[tracks.pop()][:end])
 
 
 async def test_recorder_goes_stereo_when_a_second_track_appears(tmp_path: Path):
