@@ -440,6 +440,9 @@ class HttpBodyConnection(ServerConnection):
 
     def _pass_through(self) -> None:
         buffered, self._buffer = bytes(self._buffer or b""), None
+        # From now on the transport calls websockets directly: no Python call of ours in
+        # front of every media frame.
+        self.data_received = super().data_received  # type: ignore[method-assign]
         super().data_received(buffered)
 
 
