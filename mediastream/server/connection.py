@@ -5,9 +5,10 @@ coroutine layers and a queue with its own waiter, for every 20 ms media frame of
 ``MediaConnection`` takes the parsed frames one step earlier (``process_event``, where the
 assembler would be fed), joins fragments, decodes UTF-8 and appends the message to ``inbox``;
 the stream's task pops messages in order and sleeps on ``wait_for_messages()`` when the deque is
-empty. Per frame that is an append and, at most, one wake-up. Under load this cut the
-server's CPU per frame (see ``benchmarks/RESULTS.md``); the contract is unchanged: every
-message is delivered once, in order, and reading pauses while the reader is behind.
+empty. Per frame that is an append and, at most, one wake-up. Profiled under load (py-spy,
+350 PCMU streams), the assembler path was about 11 % of the server's samples. The contract is
+websockets': every message delivered once, in order; reading pauses while the reader is
+behind; a text message that is not UTF-8 ends the connection with 1007.
 """
 
 from __future__ import annotations
