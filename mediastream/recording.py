@@ -420,7 +420,22 @@ class WavRecorder:
 
     def append(self, frame: PositionedAudio) -> None:
         """``write`` without a coroutine, for the server's per-frame path."""
-        self.add(frame)
+        run, pcm = self._run, frame.pcm
+        fill, n = run.fill, len(pcm)
+        start = self._offset + frame.position
+        if (  # the usual frame, inline: it continues the run of its track (add() checks all)
+            fill
+            and start == run.start + fill
+            and frame.track == run.track
+            and fill + n <= len(run.buffer)
+            and frame.sample_rate == self.sample_rate
+            and not self._closed
+        ):
+            run.buffer[fill : fill + n] = pcm
+            run.fill = fill + n
+            self._pending_hi = max(self._pending_hi, start + n)
+        else:
+            self.add(frame)
         if self._pending_hi - self._written_hi >= self._flush_frames:
             self.flush()
 

@@ -115,7 +115,7 @@ def test_recorder_holds_the_last_audio_written_at_every_position(
     end = 0
     for n, (track, slot, flush) in enumerate(steps):
         pcm = tone(SLOT, n)
-        recorder.add(Frame(track, pcm, 8000, slot * SLOT))
+        recorder.append(Frame(track, pcm, 8000, slot * SLOT))  # flushes every flush_frames
         expected[track][slot * SLOT : (slot + 1) * SLOT] = pcm
         end = max(end, (slot + 1) * SLOT)
         if flush:
