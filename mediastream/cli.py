@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop",
         default="asyncio",
         choices=["asyncio", "uvloop"],
-        help="event loop: uvloop (extra [uvloop]) carries more streams per core (%(default)s)",
+        help="event loop: asyncio or uvloop (extra [uvloop]) (%(default)s)",
     )
     p.add_argument(
         "--no-metrics",

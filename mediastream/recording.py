@@ -420,20 +420,15 @@ class WavRecorder:
 
     def append(self, frame: PositionedAudio) -> None:
         """``write`` without a coroutine, for the server's per-frame path."""
-        run, pcm = self._run, frame.pcm
-        fill, n = run.fill, len(pcm)
+        run = self._run
         start = self._offset + frame.position
-        if (  # the usual frame, inline: it continues the run of its track (add() checks all)
-            fill
-            and start == run.start + fill
-            and frame.track == run.track
-            and fill + n <= len(run.buffer)
+        if (  # the usual frame continues the run of its track; add() checks everything else
+            run.fill
             and frame.sample_rate == self.sample_rate
             and not self._closed
+            and run.extend(frame.track, start, frame.pcm)
         ):
-            run.buffer[fill : fill + n] = pcm
-            run.fill = fill + n
-            self._pending_hi = max(self._pending_hi, start + n)
+            self._pending_hi = max(self._pending_hi, start + len(frame.pcm))
         else:
             self.add(frame)
         if self._pending_hi - self._written_hi >= self._flush_frames:
@@ -489,16 +484,6 @@ class WavRecorder:
         if not pieces:
             return
         file = self._file
-        if file.channels == 1 and len(tracks) < 2:
-            # The usual block: mono, in order, continuing the file: joined without a merge.
-            end = file.frames
-            for piece in pieces:
-                if piece.position != end:
-                    break
-                end += len(piece.pcm)
-            else:
-                file.write(file.frames, np.concatenate([p.pcm for p in pieces])[:, None])
-                return
         if len(tracks) == 2 and file.channels == 1:
             file.widen_to_stereo(existing_channel=1 if tracks[0] == "outbound" else 0)
         lo = min(min(p.position for p in pieces), file.frames)

@@ -93,15 +93,13 @@ class MediaConnection(HttpBodyConnection):
         self._wake()
 
     def _gather(self, frame: Frame) -> bool:
-        """Hold a fragment; True while the message is incomplete (or was refused)."""
-        if len(self._fragments) >= MAX_FRAGMENTS:
-            if len(self._fragments) == MAX_FRAGMENTS:
-                self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                self.send_data()
-                self._fragments.append(frame)  # past the limit: the rest is dropped
-            return True
+        """Hold a fragment; True while the message is incomplete, or for good once it has
+        more fragments than websockets allows (the connection is failed then, as it does)."""
         self._fragments.append(frame)
-        return not frame.fin
+        if len(self._fragments) == MAX_FRAGMENTS + 1:
+            self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+            self.send_data()
+        return len(self._fragments) > MAX_FRAGMENTS or not frame.fin
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
