@@ -3,8 +3,14 @@
 One JSON object per line: ``{"t": seconds since the socket opened, "text": frame}`` (binary
 frames as ``"binary"``, base64). Files are ``DIR/<safe id>.<n>.jsonl``: a new socket or a file
 that grew past ``max_bytes`` starts the next ``n``, and a file is never overwritten or truncated.
-Lines are buffered and written by a worker thread, like recordings. The streaming auth token,
-if a frame carries it, is replaced before anything is written.
+Lines are buffered and written by a worker thread, like recordings.
+
+The streaming auth token never reaches the file in any spelling: verbatim occurrences are
+replaced, and so is every JSON string literal that *decodes* to something holding the token
+(``"\\u0073ecret"`` is the token to any JSON reader, though the text does not contain it).
+Only a frame with a backslash can spell the token that way, and media frames have none (base64
+and digits), so the hot path pays two substring scans; the literal is rewritten in place and
+the rest of the frame is kept byte for byte, valid JSON or not, so replays stay faithful.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import base64
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +31,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 << 20
 FLUSH_SECONDS = 0.5
 REDACTED = "<redacted>"
+# a JSON string literal (with its quotes); matched only in frames that hold a backslash
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
+# one JSON escape, for the check that ignores where literals start and end
+_ESCAPE = re.compile(r'\\(u[0-9A-Fa-f]{4}|["\\/bfnrt])')
+_SIMPLE_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+UNREDACTABLE = f'"{REDACTED}: this frame spelled the auth token in escapes outside JSON strings"'
 
 
 class CaptureWriter:
@@ -40,10 +62,12 @@ class CaptureWriter:
 
     def add(self, t: float, message: str | bytes, *, redact: str | None = None) -> None:
         if isinstance(message, bytes):
+            if redact and redact.encode() in message:
+                message = message.replace(redact.encode(), REDACTED.encode())
             entry = {"t": round(t, 6), "binary": base64.b64encode(message).decode("ascii")}
         else:
-            if redact and redact in message:
-                message = message.replace(redact, REDACTED)
+            if redact:
+                message = redact_text(message, redact)
             entry = {"t": round(t, 6), "text": message}
         self._lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
         now = time.monotonic()
@@ -93,6 +117,41 @@ class CaptureWriter:
         while self._writing is not None:
             await self._writing
         await asyncio.to_thread(self._write, self._take())
+
+
+def redact_text(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced, whether written verbatim or through JSON escapes."""
+    if secret in text:
+        text = text.replace(secret, REDACTED)
+    if "\\" not in text:  # no escape, so no other spelling: every media frame stops here
+        return text
+    text = _STRING_LITERAL.sub(lambda m: _redact_literal(m[0], secret), text)
+    if secret in _unescape(text):  # not JSON, its quotes misaligned: the frame cannot be kept
+        return UNREDACTABLE
+    return text
+
+
+def _redact_literal(literal: str, secret: str) -> str:
+    if "\\" not in literal:
+        return literal
+    try:
+        value = json.loads(literal)
+    except ValueError:  # not a JSON string: no JSON reader decodes it to the secret
+        return literal
+    if not isinstance(value, str) or secret not in value:
+        return literal
+    return json.dumps(value.replace(secret, REDACTED))
+
+
+def _unescape(text: str) -> str:
+    """Every JSON escape in ``text`` decoded, wherever it stands (surrogate pairs joined)."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match[1]
+        return chr(int(code[1:], 16)) if code[0] == "u" else _SIMPLE_ESCAPES[code]
+
+    decoded = _ESCAPE.sub(one, text)
+    return decoded.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def read_capture(path: str | os.PathLike[str]) -> list[tuple[float, str | bytes]]:

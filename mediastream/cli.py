@@ -45,6 +45,7 @@ def load_handler(spec: str) -> type[StreamHandler]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     worker = args.ready_fd is not None  # started by a --workers supervisor
+    http = http_routes_from_args(args)  # a bad Telnyx flag fails here, before any worker
     if args.workers > 1 and not worker:
         return _serve_workers(args)
     handler = load_handler(args.handler) if args.handler else StreamHandler
@@ -71,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options=options,
         limits=limits,
         auth_token=token,
-        http=http_routes_from_args(args),
+        http=http,
         reuse_port=worker,
         metrics=not args.no_metrics,
     )

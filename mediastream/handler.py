@@ -101,12 +101,13 @@ class Call:
     def player(self) -> Player:
         """The call's playback queue (created on first use, with ``playback_config``)."""
         if self._player is None:
-            self._require()
+            _, session = self._require()
             self._player = Player(
                 self._send_text,
                 self.playback_config,
                 stream_id=self.stream_id,
                 on_failure=self._on_send_failure,
+                outbound=session.outbound,  # frames in the dialect the stream started in
             )
         return self._player
 
@@ -196,3 +197,11 @@ class StreamOptions:
     resume_grace_seconds: float = 30.0
     capture_dir: Path | None = None
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    # a gap (counter jump, or a track's first timestamp) longer than this is a discontinuity:
+    # the timeline restarts after the last audio instead of filling the jump with silence
+    max_gap_seconds: float = 10.0
+    # a second socket naming a live stream id waits this long: it takes over if the first one
+    # closes or sends nothing for this long, and is refused (1008) if the first keeps sending
+    takeover_seconds: float = 1.0
+    # after the drain deadline, each handler method still called (``on_stop``) gets this long
+    handler_stop_seconds: float = 2.0

@@ -16,8 +16,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 DEFAULT_DEPTH = 8
-# A jump larger than this is a counter discontinuity (restart, wrap), not a run of lost frames.
-MAX_GAP_FRAMES = 3000
+# A jump larger than this is a counter discontinuity (restart, wrap), not a run of lost frames:
+# 500 frames is 10 s of 20 ms frames. Beyond it, or once the silence filled in would exceed the
+# audio received plus this much, the timeline restarts after the last frame instead of filling
+# the jump with silence: what a track inserts stays proportional to what it received.
+MAX_GAP_FRAMES = 500
 _REMEMBERED_GAPS = 256
 
 
@@ -47,10 +50,13 @@ class ReorderStats:
 class ReorderBuffer(Generic[T]):
     """Orders items by integer key (``chunk``, or ``sequence_number`` when there is no chunk)."""
 
-    def __init__(self, depth: int = DEFAULT_DEPTH, first_key: int = 1) -> None:
-        if depth < 0:
-            raise ValueError("depth must be >= 0")
+    def __init__(
+        self, depth: int = DEFAULT_DEPTH, first_key: int = 1, max_gap: int = MAX_GAP_FRAMES
+    ) -> None:
+        if depth < 0 or max_gap < 0:
+            raise ValueError("depth and max_gap must be >= 0")
         self.depth = depth
+        self.max_gap = max_gap
         self.first_key = first_key
         self.next_key: int | None = None
         self.stats = ReorderStats()
@@ -68,7 +74,7 @@ class ReorderBuffer(Generic[T]):
             self.stats.released += 1
             return [Release(None, item)]
         if self.next_key is not None and key < self.next_key:
-            if self.next_key - key > MAX_GAP_FRAMES:
+            if self.next_key - key > self.max_gap:
                 return self._restart(key, item)
             return self._late(key, item)
         if key in self._pending:
@@ -94,7 +100,10 @@ class ReorderBuffer(Generic[T]):
         while self._pending:
             if self.next_key is None or self.next_key not in self._pending:
                 lowest = min(self._pending)
-                if self.next_key is None or lowest - self.next_key > MAX_GAP_FRAMES:
+                if self.next_key is None:
+                    self.next_key = lowest
+                elif self._too_far(lowest):
+                    self.stats.discontinuities += 1
                     self.next_key = lowest
                 else:
                     out.extend(self._gaps_until(lowest))
@@ -102,6 +111,12 @@ class ReorderBuffer(Generic[T]):
         return out
 
     # ------------------------------------------------------------------ internals
+
+    def _too_far(self, key: int) -> bool:
+        """Whether filling the gap up to ``key`` with lost frames would exceed the bounds."""
+        assert self.next_key is not None
+        gap = key - self.next_key
+        return gap > self.max_gap or self.stats.gaps + gap > self.stats.released + self.max_gap
 
     def _late(self, key: int, item: T) -> list[Release[T]]:
         """A key behind ``next_key``: a late frame for a given-up slot, or a duplicate."""
@@ -131,7 +146,7 @@ class ReorderBuffer(Generic[T]):
         out = self._run()
         while len(self._pending) > self.depth:
             lowest = min(self._pending)
-            if lowest - self.next_key > MAX_GAP_FRAMES:
+            if self._too_far(lowest):
                 self.stats.discontinuities += 1
                 self.next_key = lowest
             else:

@@ -43,3 +43,15 @@ def redacting_logger(name: str, secret: str | None = None) -> logging.Logger:
     if not any(isinstance(f, RedactSecrets) and f.secret == secret for f in logger.filters):
         logger.addFilter(RedactSecrets(secret))
     return logger
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+
+
+def escape(text: object) -> str:
+    """``text`` safe for one log line: control characters, line separators and backslashes
+    become escapes (``\\n``, ``\\x00``...), so a carrier-supplied id can never forge a line."""
+    value = str(text)
+    if _UNSAFE.search(value) is None:  # the usual id: nothing to do
+        return value
+    return _UNSAFE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)

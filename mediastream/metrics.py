@@ -7,7 +7,11 @@ an mmap file) and ``Histogram.observe`` 1.1 µs (2 µs). So no frame touches pro
 * frames, bytes, gaps, reordered and late frames are counted anyway by the ``Session`` and its
   reorder buffers: we read those counters and push how much they grew;
 * handler lag is one ``bisect`` into a per-connection list of bucket counts (``StreamMeter``);
-* errors and handler failures are rare and cost a dict or int increment.
+* errors and handler failures are rare and cost a dict or int increment;
+* recording faults (failed opens and writes, audio lost) are counted by the recorders in a
+  ``RecordingStats`` (``mediastream.recording.process_stats`` unless the server passes its
+  own): we read how much it grew. Its growth is remembered per set of prometheus_client
+  objects, so two servers sharing one set (multiprocess mode) count each fault once.
 
 The growth goes into prometheus_client in batches (``ServerMetrics.flush``): every second from
 a task the server runs, when a connection ends, and right before each scrape.
@@ -47,6 +51,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from mediastream.recording import RecordingStats, process_stats
+
 if TYPE_CHECKING:
     from mediastream.handler import Call
     from mediastream.session import Audio, Session
@@ -61,6 +67,7 @@ LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5
 # input errors that mean "this frame's audio could not be decoded"
 DECODE_ERROR_KINDS = frozenset({"invalid_base64", "decode_error"})
 UNKNOWN_CODEC = "unknown"  # frames of a connection that never gave a usable ``start``
+RECORDING_ERROR_KINDS = ("open", "write")  # labels of mediastream_recording_errors_total
 
 _FRAMES, _BYTES, _DROPPED, _REORDERED, _LATE = range(5)
 
@@ -176,6 +183,19 @@ class _Metrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self.recording_errors = counter(
+            "recording_errors",
+            "Failed attempts to create or write a recording (each retried with backoff).",
+            ("kind",),
+        )
+        for kind in RECORDING_ERROR_KINDS:  # present at 0 before the first fault
+            self.recording_errors.labels(kind)
+        self.recording_lost = counter(
+            "recording_lost_seconds",
+            "Audio recordings could not keep (backlog full, or unwritable at close), per track.",
+        )
+        # the (open_errors, write_errors, lost_seconds) of each RecordingStats pushed so far
+        self.recording_pushed: dict[RecordingStats, tuple[int, int, float]] = {}
         # what each ServerMetrics last reported to the gauges, summed (several servers in one
         # process share one set of metrics in multiprocess mode)
         self.gauge_parts: dict[ServerMetrics, tuple[float, float, float]] = {}
@@ -244,9 +264,11 @@ class ServerMetrics:
     """One server's metrics: creates a ``StreamMeter`` per connection, pushes their batches.
 
     ``calls`` lists the calls of the server's streams (live or waiting for a reconnect), for
-    the stream count and the playback queue. Without ``PROMETHEUS_MULTIPROC_DIR``, metrics go
-    into ``registry`` (default: a new one of this server's own, with the standard process
-    metrics), never into prometheus_client's global registry unless passed it.
+    the stream count and the playback queue; ``recording_stats`` is where the server's
+    recorders count their faults (default: ``process_stats``, every recorder in the process).
+    Without ``PROMETHEUS_MULTIPROC_DIR``, metrics go into ``registry`` (default: a new one of
+    this server's own, with the standard process metrics), never into prometheus_client's
+    global registry unless passed it.
     """
 
     def __init__(
@@ -255,10 +277,14 @@ class ServerMetrics:
         *,
         registry: CollectorRegistry | None = None,
         interval: float = FLUSH_SECONDS,
+        recording_stats: RecordingStats | None = None,
     ) -> None:
         self.calls = calls
+        self.recording_stats = recording_stats if recording_stats is not None else process_stats
         self.interval = interval
         self.handler_errors = 0  # incremented by streams.py; pushed in batches
+        self.refusals: dict[str, int] = {}  # sockets or starts refused, by reason (streams.py)
+        self.recording_open_failures = 0  # recordings that could not be opened (streams.py)
         self.multiprocess_dir = multiprocess_dir()
         self.registry: CollectorRegistry | None
         if self.multiprocess_dir is not None:
@@ -273,6 +299,10 @@ class ServerMetrics:
         self._lag_counts = [0] * (len(LAG_BUCKETS) + 1)
         self._lag_sum = 0.0
         self._task: asyncio.Task[None] | None = None
+        # faults before this server existed are not its own (unless its metrics are shared)
+        self._metrics.recording_pushed.setdefault(
+            self.recording_stats, _recording_counts(self.recording_stats)
+        )
 
     # ------------------------------------------------------------ connections
 
@@ -348,6 +378,25 @@ class ServerMetrics:
             _observe_many(m.handler_lag, self._lag_counts, self._lag_sum)
             self._lag_counts = [0] * len(self._lag_counts)
             self._lag_sum = 0.0
+        self._push_recording(m)
+
+    def _push_recording(self, m: _Metrics) -> None:
+        """The growth of the recorders' fault counts, and opens that raised (streams.py)."""
+        stats = self.recording_stats
+        now = _recording_counts(stats)
+        before = m.recording_pushed.get(stats, (0, 0, 0.0))
+        if now != before:
+            opens, writes, lost = (a - b for a, b in zip(now, before, strict=True))
+            if opens:
+                m.recording_errors.labels("open").inc(opens)
+            if writes:
+                m.recording_errors.labels("write").inc(writes)
+            if lost > 0:
+                m.recording_lost.inc(lost)
+            m.recording_pushed[stats] = now
+        if self.recording_open_failures:
+            m.recording_errors.labels("open").inc(self.recording_open_failures)
+            self.recording_open_failures = 0
 
     def _update_gauges(self, *, closing: bool = False) -> None:
         m = self._metrics
@@ -404,6 +453,10 @@ class ServerMetrics:
             return generate_latest(registry), CONTENT_TYPE_LATEST
         assert self.registry is not None
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _recording_counts(stats: RecordingStats) -> tuple[int, int, float]:
+    return (stats.open_errors, stats.write_errors, stats.lost_seconds)
 
 
 def _own_registry() -> CollectorRegistry:

@@ -31,7 +31,7 @@ import soundfile
 
 from mediastream import codecs
 from mediastream.errors import MediaStreamError
-from mediastream.protocol.frames import OutboundClear, OutboundMark, OutboundMedia, encode_outbound
+from mediastream.protocol.dialects import TELNYX_OUTBOUND, Outbound
 from mediastream.resample import StreamResampler
 
 logger = logging.getLogger(__name__)
@@ -129,8 +129,10 @@ class Player:
         *,
         stream_id: str = "?",
         on_failure: Callable[[PlaybackError], Awaitable[None]] | None = None,
+        outbound: Outbound = TELNYX_OUTBOUND,
     ) -> None:
         self.config = config or PlaybackConfig()
+        self._outbound = outbound  # the stream's dialect: Twilio needs its streamSid on each frame
         self._on_failure = on_failure
         self.stream_id = stream_id
         self._send_text = send
@@ -201,7 +203,7 @@ class Player:
         self._current = None
         self._awaiting_echo.clear()  # their echoes (sent because of the clear) count for nothing
         self._playout_end = now
-        await self._send(encode_outbound(OutboundClear()))
+        await self._send(self._outbound.clear())
 
     def on_mark_echo(self, name: str) -> bool:
         """Handle an echoed mark; True if it belongs to the application (custom mark)."""
@@ -338,7 +340,7 @@ class Player:
                 playback.started_at = start
             self._playout_end = start + seconds
             self._last_media_at = now
-            await self._send(encode_outbound(OutboundMedia.from_bytes(payload)))
+            await self._send(self._outbound.media(payload))
         if generation != self._generation:
             return
         self._current = None
@@ -346,7 +348,7 @@ class Player:
             return
         if playback is not None:
             self._awaiting_echo[item.mark] = playback
-        await self._send(encode_outbound(OutboundMark.named(item.mark)))
+        await self._send(self._outbound.mark(item.mark))
 
     async def _pace(self, mp3: bool) -> None:
         """Wait until sending keeps the far end's queue within the lead (or the MP3 rate)."""

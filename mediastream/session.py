@@ -17,8 +17,9 @@ import numpy as np
 
 from mediastream import codecs
 from mediastream.errors import CodecError, ProtocolError, UnsupportedCodecError
-from mediastream.jitter import DEFAULT_DEPTH, ReorderBuffer, ReorderStats
+from mediastream.jitter import DEFAULT_DEPTH, MAX_GAP_FRAMES, ReorderBuffer, ReorderStats
 from mediastream.logs import redact_secrets
+from mediastream.protocol.dialects import TELNYX_OUTBOUND, Outbound
 from mediastream.protocol.frames import (
     ConnectedFrame,
     DtmfFrame,
@@ -27,16 +28,12 @@ from mediastream.protocol.frames import (
     MarkFrame,
     MediaFormat,
     MediaFrame,
-    OutboundClear,
-    OutboundMark,
-    OutboundMedia,
     StartFrame,
     StartInfo,
     StopFrame,
     UnknownFrame,
     counter,
     decode_base64,
-    encode_outbound,
     parse_frame,
     parse_media,
 )
@@ -50,6 +47,7 @@ MAX_EARLY_FRAMES = 500
 # the first frame of a track.
 MAX_TRUSTED_TIMESTAMP_MS = 6 * 3600 * 1000
 MAX_REMEMBERED_GAPS = 512
+TRACKS = ("inbound", "outbound")  # what a carrier streams; other names are refused
 
 
 class State(Enum):
@@ -177,6 +175,7 @@ class Session:
         *,
         reorder_depth: int = DEFAULT_DEPTH,
         codec_options: dict[str, dict[str, object]] | None = None,
+        max_gap_frames: int = MAX_GAP_FRAMES,
     ) -> None:
         self.state = State.AWAITING_START
         self.stream_id: str | None = None
@@ -186,7 +185,10 @@ class Session:
         self.media_format: MediaFormat | None = None
         self.sample_rate: int | None = None
         self.stats = SessionStats()
+        # outbound frame text, in the dialect ``start`` arrived in (decided once per stream)
+        self.outbound: Outbound = TELNYX_OUTBOUND
         self._reorder_depth = reorder_depth
+        self._max_gap_frames = max_gap_frames
         self._codec_options = codec_options or {}
         self._tracks: dict[str, _Track] = {}
         self._early: list[MediaFrame] = []
@@ -209,6 +211,9 @@ class Session:
         except ProtocolError as exc:
             kind = "malformed_json" if "not valid JSON" in str(exc) else "invalid_frame"
             return [self._error(kind, f"{exc}; frame began {_sample(text)}")]
+        except Exception as exc:  # a parser bug must not end the stream: it is bad input too
+            message = f"frame could not be read ({type(exc).__name__}: {exc})"
+            return [self._error("invalid_frame", f"{message}; frame began {_sample(text)}")]
         return self.receive_frame(frame)
 
     def receive_frame(self, frame: InboundFrame | UnknownFrame) -> list[Event]:
@@ -256,15 +261,18 @@ class Session:
 
     # ------------------------------------------------------------ output
 
+    # In the dialect of the stream's ``start`` (``self.outbound``): Twilio drops frames
+    # without its ``streamSid``; Telnyx frames carry no stream id.
+
     def media(self, payload: bytes) -> str:
         """Outbound ``media`` frame text for an encoded payload (RTP payload or MP3 file)."""
-        return encode_outbound(OutboundMedia.from_bytes(payload))
+        return self.outbound.media(payload)
 
     def mark(self, name: str) -> str:
-        return encode_outbound(OutboundMark.named(name))
+        return self.outbound.mark(name)
 
     def clear(self) -> str:
-        return encode_outbound(OutboundClear())
+        return self.outbound.clear()
 
     # ------------------------------------------------------------ handlers
 
@@ -287,6 +295,7 @@ class Session:
             self.state = State.STOPPED
             return [self._error("unsupported_codec", str(exc), source="codec", fatal=True)]
         self.start = frame
+        self.outbound = Outbound.for_stream(frame.dialect, frame.stream_id)
         self.media_format = fmt
         self.sample_rate = probe.sample_rate
         self.state = State.STREAMING
@@ -324,19 +333,31 @@ class Session:
         except ProtocolError as exc:
             return [self._error("invalid_base64", str(exc))]
         self.stats.audio_bytes += len(payload)
-        track = self._tracks.get(track_name) or self._track(track_name)
+        track = self._tracks.get(track_name)
+        if track is None:
+            if track_name not in TRACKS:  # its audio would land on a real track's channel
+                return [self._error("unknown_track", f"media on unknown track {track_name!r}")]
+            track = self._track(track_name)
         if track.buffer.take_in_order(key):
             events: list[Event] = []
             self._decode_slot(track, key, (payload, timestamp), events)
             return events
-        return self._decode_released(track, track.buffer.push(key, (payload, timestamp)))
+        buffer = track.buffer
+        restarts = buffer.stats.discontinuities
+        events = self._decode_released(track, buffer.push(key, (payload, timestamp)))
+        if buffer.stats.discontinuities != restarts:
+            events.append(self._timeline_restart(track, key))
+        return events
 
     def _on_stop(self, reason: Literal["stop", "closed"]) -> list[Event]:
         if self.state is State.STOPPED:
             return [self._error("duplicate_stop", "stop after the stream ended ignored")]
         events: list[Event] = []
         for track in self._tracks.values():
+            restarts = track.buffer.stats.discontinuities
             events.extend(self._decode_released(track, track.buffer.flush()))
+            if track.buffer.stats.discontinuities != restarts:
+                events.append(self._timeline_restart(track, None))
         self.state = State.STOPPED
         events.append(Stopped(reason))
         return events
@@ -353,7 +374,10 @@ class Session:
             if decoder is None:
                 options = self._codec_options.get(fmt.encoding, {})
                 decoder = codecs.decoder(fmt.encoding, fmt.sample_rate, **options)
-            track = _Track(name, decoder, ReorderBuffer(self._reorder_depth))
+            buffer: ReorderBuffer[tuple[bytes, int | str | None]] = ReorderBuffer(
+                self._reorder_depth, max_gap=self._max_gap_frames
+            )
+            track = _Track(name, decoder, buffer)
             self._tracks[name] = track
         return track
 
@@ -418,6 +442,14 @@ class Session:
         except (CodecError, ValueError) as exc:
             return [self._error("decode_error", f"{track.name} frame {key}: {exc}", "codec")]
         return [Audio(track.name, pcm, track.decoder.sample_rate, position, key, late=True)]
+
+    def _timeline_restart(self, track: _Track, key: int | None) -> Error:
+        return self._error(
+            "timeline_restart",
+            f"{track.name} counter jumped past the gap bound at frame {key} "
+            f"({self._max_gap_frames} frames, or more silence than audio received): "
+            "audio continues right after the last frame",
+        )
 
     def _error(
         self,

@@ -7,10 +7,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from mediastream import MediaServer, StreamHandler, StreamOptions
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Hypothesis profiles for every property test (tests/test_fuzz.py registers the same ones):
+# "default" runs a few hundred examples per property; HYPOTHESIS_PROFILE=long runs 10,000,
+# outside the default suite.
+settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile(
+    "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def itu_stl_dir() -> Path:

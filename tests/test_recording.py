@@ -1,7 +1,8 @@
-"""WAV files on disk: positions, stereo, safe names, continuation, crash recovery."""
+"""WAV files on disk: positions, stereo, names, continuation, crash recovery."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from hypothesis import strategies as st
 from mediastream.recording import (
     WavFile,
     WavRecorder,
+    recording_base,
     recording_path,
     recover_recordings,
     recover_wav,
     safe_stream_name,
+    session_path,
 )
 
 
@@ -35,23 +38,47 @@ def tone(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-20000, 20000, n, dtype=np.int16)
 
 
+def _hashed(stream_id: str, reduced: str) -> str:
+    """The DESIGN.md rule for ids that are not plain, spelled out independently."""
+    return f"{reduced}={hashlib.sha256(stream_id.encode()).hexdigest()[:12]}"
+
+
 @pytest.mark.parametrize(
-    ("stream_id", "name"),
+    ("stream_id", "base"),
     [
         ("32DE0DEA-53CB-4B21", "32DE0DEA-53CB-4B21"),
-        ("../../etc/passwd", ".._.._etc_passwd"),
-        ("/abs/path", "_abs_path"),
-        ("my call id", "my_call_id"),
-        ("..", "__"),
-        ("", "_"),
-        ("a\\b:c*?", "a_b_c__"),
+        ("v3:abc.def_ghi-1", _hashed("v3:abc.def_ghi-1", "v3_abc.def_ghi-1")),
+        ("../../etc/passwd", _hashed("../../etc/passwd", ".._.._etc_passwd")),
+        ("/abs/path", _hashed("/abs/path", "_abs_path")),
+        ("my call id", _hashed("my call id", "my_call_id")),
+        ("..", _hashed("..", "..")),
+        (".", _hashed(".", ".")),
+        ("...", "..."),
+        ("", _hashed("", "")),
+        ("a\\b:c*?", _hashed("a\\b:c*?", "a_b_c__")),
+        ("x" * 200, "x" * 200),
+        ("x" * 201, _hashed("x" * 201, "x" * 64)),
+        ("a~2", _hashed("a~2", "a_2")),
+        ("caf\u00e9", _hashed("caf\u00e9", "caf_")),
     ],
 )
-def test_safe_names_stay_inside_the_directory(tmp_path: Path, stream_id: str, name: str):
-    assert safe_stream_name(stream_id) == name
+def test_names_stay_inside_the_directory_and_follow_the_rule(
+    tmp_path: Path, stream_id: str, base: str
+):
+    assert recording_base(stream_id) == base
     path = recording_path(tmp_path, stream_id)
-    assert path.parent == tmp_path and path.name == f"{name}.wav"
+    assert path.parent == tmp_path and path.name == f"{base}.wav"
     assert path.resolve().parent == tmp_path.resolve()
+    assert session_path(tmp_path, stream_id, 3).name == f"{base}~3.wav"
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "name"),
+    [("../../etc/passwd", ".._.._etc_passwd"), ("..", "__"), ("", "_"), ("a\\b:c*?", "a_b_c__")],
+)
+def test_capture_names_are_unchanged(stream_id: str, name: str):
+    """``safe_stream_name`` stays what capture files are named by."""
+    assert safe_stream_name(stream_id) == name
 
 
 def test_wavfile_positional_writes_and_header(tmp_path: Path):

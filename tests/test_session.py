@@ -204,3 +204,17 @@ def test_undecodable_frame_is_silence_and_keeps_the_timeline():
     audio = [e for e in events if isinstance(e, Audio)]
     assert [(e.position, e.missing) for e in audio] == [(0, False), (320, True), (640, False)]
     assert any(isinstance(e, Error) and e.kind == "decode_error" for e in events)
+
+
+def test_media_on_an_unknown_track_is_refused_not_mixed_into_a_real_one():
+    session = Session()
+    session.receive_text(start())
+    payload = base64.b64encode(bytes(160)).decode()
+    for track in ("foo", "both", "INBOUND "):
+        frame = {"event": "media", "media": {"track": track, "chunk": "1", "payload": payload}}
+        events = session.receive_text(json.dumps(frame))
+        if track.strip().lower() == "inbound":
+            assert [type(e) for e in events] == [Audio]
+        else:
+            assert [(e.kind, type(e)) for e in events] == [("unknown_track", Error)]
+    assert session.tracks == ["inbound"]

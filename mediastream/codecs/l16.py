@@ -9,9 +9,20 @@ from typing import Literal
 
 import numpy as np
 
-from mediastream.errors import CodecError
+from mediastream.errors import CodecError, UnsupportedCodecError
 
 DEFAULT_SAMPLE_RATE = 16000
+# The rates an L16 stream may state: Telnyx documents 8000 to 48000 Hz; anything else is a
+# wrong ``start`` (a rate of 10**9 would make a recording of gigabytes from a few frames).
+SAMPLE_RATES = frozenset({8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000})
+
+
+def _rate(sample_rate: int | None) -> int:
+    rate = DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate
+    if type(rate) is not int or rate not in SAMPLE_RATES:
+        allowed = ", ".join(str(r) for r in sorted(SAMPLE_RATES))
+        raise UnsupportedCodecError(f"L16 at {sample_rate!r} Hz is not supported (only {allowed})")
+    return rate
 ByteOrder = Literal["big", "little"]
 
 
@@ -26,7 +37,7 @@ class L16Decoder:
     stateless = True
 
     def __init__(self, sample_rate: int | None = None, byteorder: ByteOrder = "big") -> None:
-        self.sample_rate = int(sample_rate or DEFAULT_SAMPLE_RATE)
+        self.sample_rate = _rate(sample_rate)
         self._dtype = _dtype(byteorder)
 
     def decode(self, payload: bytes) -> np.ndarray:
@@ -39,7 +50,7 @@ class L16Encoder:
     encoding = "L16"
 
     def __init__(self, sample_rate: int | None = None, byteorder: ByteOrder = "big") -> None:
-        self.sample_rate = int(sample_rate or DEFAULT_SAMPLE_RATE)
+        self.sample_rate = _rate(sample_rate)
         self._dtype = _dtype(byteorder)
 
     def encode(self, pcm: np.ndarray) -> bytes:

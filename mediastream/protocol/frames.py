@@ -2,7 +2,8 @@
 
 Inbound frames are read leniently (counters as strings or numbers, unknown keys kept, optional
 objects optional) because a live call must survive small dialect drift; outbound frames are
-written exactly as the carrier documents them (no stream id, JSON text).
+written exactly as the carrier documents them (JSON text; Telnyx's carry no stream id, Twilio's
+carry ``streamSid``: ``stream_sid`` here, left out when None).
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from mediastream.codecs import normalize_encoding
 from mediastream.errors import ProtocolError
-from mediastream.protocol.dialects import to_telnyx
+from mediastream.protocol.dialects import Dialect, to_telnyx
 
 AUTH_TOKEN_KEY = "x-telnyx-streaming-auth-token"
+
+
+# Counters longer than this are not counters (and ``int()`` refuses more than 4300 digits).
+_MAX_DIGITS = 30
+_MAX_COUNTER = 10**_MAX_DIGITS
 
 
 def _to_counter(value: Any) -> int | None:
@@ -36,12 +42,12 @@ def _to_counter(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if -_MAX_COUNTER < value < _MAX_COUNTER else None
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+        return _to_counter(int(value)) if value.is_integer() else None
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if len(text) <= _MAX_DIGITS and text.lstrip("-").isdigit():
             try:
                 return int(text)
             except ValueError:  # digits int() refuses, such as "²"
@@ -145,6 +151,7 @@ class StartFrame(_Frame):
     sequence_number: Counter = None
     stream_id: str
     start: StartInfo = Field(default_factory=StartInfo)
+    dialect: Dialect = "telnyx"  # set by ``to_telnyx``: outbound frames must answer in kind
 
     @model_validator(mode="before")
     @classmethod
@@ -263,32 +270,37 @@ class OutboundMediaPayload(BaseModel):
 
 class OutboundMedia(BaseModel):
     event: Literal["media"] = "media"
+    stream_sid: str | None = Field(default=None, serialization_alias="streamSid")
     media: OutboundMediaPayload
 
     @classmethod
-    def from_bytes(cls, payload: bytes) -> OutboundMedia:
-        return cls(media=OutboundMediaPayload(payload=base64.b64encode(payload).decode("ascii")))
+    def from_bytes(cls, payload: bytes, stream_sid: str | None = None) -> OutboundMedia:
+        encoded = base64.b64encode(payload).decode("ascii")
+        return cls(stream_sid=stream_sid, media=OutboundMediaPayload(payload=encoded))
 
 
 class OutboundMark(BaseModel):
     event: Literal["mark"] = "mark"
+    stream_sid: str | None = Field(default=None, serialization_alias="streamSid")
     mark: MarkInfo
 
     @classmethod
-    def named(cls, name: str) -> OutboundMark:
-        return cls(mark=MarkInfo(name=name))
+    def named(cls, name: str, stream_sid: str | None = None) -> OutboundMark:
+        return cls(stream_sid=stream_sid, mark=MarkInfo(name=name))
 
 
 class OutboundClear(BaseModel):
     event: Literal["clear"] = "clear"
+    stream_sid: str | None = Field(default=None, serialization_alias="streamSid")
 
 
 OutboundFrame = OutboundMedia | OutboundMark | OutboundClear
 
 
 def encode_outbound(frame: OutboundFrame) -> str:
-    """The JSON text of an outbound frame, exactly the documented envelope."""
-    return frame.model_dump_json()
+    """The JSON text of an outbound frame, exactly the documented envelope (the reference for
+    ``dialects.Outbound``, which the per-frame paths use)."""
+    return frame.model_dump_json(by_alias=True, exclude_none=True)
 
 
 # ---------------------------------------------------------------- parsing
@@ -370,9 +382,9 @@ class MediaFields(NamedTuple):
 
 def counter(value: Any) -> int | None:
     """A counter as the models read it: ints, numeric strings ("4"), else None."""
-    if type(value) is int:
+    if type(value) is int and -_MAX_COUNTER < value < _MAX_COUNTER:
         return value
-    if type(value) is str and value.isascii() and value.isdigit():
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS:
         return int(value)
     return _to_counter(value)
 
@@ -416,4 +428,6 @@ def parse_frame(text: str | bytes) -> InboundFrame | UnknownFrame:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not valid JSON ({exc})") from exc
+    except RecursionError:  # "[" * 1500: nested deeper than the interpreter's stack allows
+        raise ProtocolError("frame is not valid JSON (nested too deeply)") from None
     return parse_object(to_telnyx(data) if isinstance(data, dict) else data)

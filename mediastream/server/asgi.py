@@ -201,7 +201,7 @@ class MediaApp:
                 if data is None:
                     data = message.get("bytes") or b""
                 if len(data) > self.max_frame_bytes:
-                    logger.warning("stream %s: frame over the size limit", connection.stream_id)
+                    logger.warning("stream %s: frame over the size limit", connection.log_id)
                     await transport.close(CLOSE_TOO_BIG, "frame too large")
                     break
                 if needs_token:
@@ -218,7 +218,7 @@ class MediaApp:
             try:
                 await connection.finish()
             except Exception:
-                logger.exception("stream %s: finishing the stream failed", connection.stream_id)
+                logger.exception("stream %s: finishing the stream failed", connection.log_id)
 
     def _token_in(self, first: str | bytes) -> bool:
         """Without the token in the upgrade headers, the first frame must carry it."""

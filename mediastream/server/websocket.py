@@ -26,14 +26,16 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.logs import redacting_logger
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
 from mediastream.server.connection import InvalidText, MediaConnection
-from mediastream.server.http import HttpRoutes, install_metrics
+from mediastream.server.http import HttpRoutes, install_metrics, refuse_duplicate_headers
 from mediastream.streams import StreamConnection, StreamRegistry
+from mediastream.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +46,24 @@ CLOSE_POLICY = 1008
 CLOSE_INVALID_DATA = 1007
 
 
+# File descriptors kept for everything but sockets and recordings (listening sockets, logs,
+# libraries, capture files, a recording being opened).
+FD_RESERVE = 64
+
+
 @dataclass
 class ServerLimits:
     """Protective limits; every one is a ``serve`` flag (see ``mediastream serve --help``)."""
 
     max_frame_bytes: int = 1 << 20
+    # streams live or suspended (each holds its open recording); also capped by ``max_sockets``
     max_streams: int = 10_000
+    # sockets open at once, authenticated or not; None: what the file descriptor limit allows
+    # (each stream may hold a socket and a recording)
+    max_sockets: int | None = None
     handshake_seconds: float = 10.0
+    # with an auth token and no token header, the first frame (``connected``) must come by then
+    auth_seconds: float = 5.0
     idle_seconds: float = 60.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -102,6 +115,8 @@ class MediaServer:
         self.http.attach(self.registry)
         self.metrics = install_metrics(self.registry, self.http) if metrics else None
         self.connections: set[StreamConnection] = set()
+        self._tasks: dict[StreamConnection, asyncio.Task[Any]] = {}  # each socket's handler
+        self.max_sockets = self.limits.max_sockets
         self.sockets_total = 0
         self.draining = False
         self._server: Server | None = None
@@ -115,6 +130,16 @@ class MediaServer:
                 directory.mkdir(parents=True, exist_ok=True)
         if self.options.record_dir is not None:
             await asyncio.to_thread(recover_recordings, self.options.record_dir)
+        self._bound_file_descriptors()
+        costs = await asyncio.to_thread(warm_up)  # before listening: no call waits for it
+        if costs:
+            logger.info(
+                "codecs ready in %.2f s (%s)",
+                sum(costs.values()), ", ".join(f"{k} {v:.2f} s" for k, v in costs.items()),
+            )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop.get_exception_handler(), _QuietAccept):
+            loop.set_exception_handler(_QuietAccept(loop.get_exception_handler()))
         limits = self.limits
         self._server = await serve(
             self._handle,
@@ -138,8 +163,25 @@ class MediaServer:
             self.metrics.start()  # pushes batched counts every second
         logger.info("listening on ws://%s:%d", self.host, self.port)
 
+    def _bound_file_descriptors(self) -> None:
+        """Fit the socket and stream limits in the file descriptor limit (raised to its hard
+        maximum first), so that the process never runs out of descriptors under load."""
+        budget = _raise_fd_limit() - FD_RESERVE
+        limits, registry = self.limits, self.registry
+        if limits.max_streams > budget // 2:
+            logger.info(
+                "file descriptor limit allows %d streams, not %d: --max-streams lowered",
+                budget // 2, limits.max_streams,
+            )  # fmt: skip
+        registry.max_streams = min(limits.max_streams, budget // 2)
+        self.max_sockets = min(limits.max_sockets or budget, budget - registry.max_streams)
+
     async def stop(self) -> None:
-        """Close every socket now, finalize every recording, stop listening."""
+        """Close every socket now, finalize every recording, stop listening.
+
+        Handler methods still running get ``handler_stop_seconds``, then are cancelled
+        (logged): a stuck handler never keeps the process from exiting.
+        """
         if self._server is None:
             return
         server, self._server = self._server, None
@@ -147,8 +189,20 @@ class MediaServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        limits = self.registry.limits
+        if limits.deadline is None:
+            limits.deadline = time.monotonic()
         server.close(close_connections=True)
-        await server.wait_closed()
+        closed = asyncio.ensure_future(server.wait_closed())
+        await asyncio.wait({closed}, timeout=limits.stop_seconds)
+        for connection, task in list(self._tasks.items()):
+            if not closed.done() and not task.done():
+                logger.warning(
+                    "stream %s: still busy %.1f s after closing; cancelling its handler",
+                    connection.log_id, limits.stop_seconds,
+                )  # fmt: skip
+                limits.stop(task)
+        await closed
         await self.registry.close_all()
         if self.metrics is not None:
             await self.metrics.close()
@@ -158,6 +212,7 @@ class MediaServer:
         """Refuse new sockets, give live ones ``drain_seconds`` to end, then stop."""
         self.draining = True
         deadline = time.monotonic() + self.limits.drain_seconds
+        self.registry.limits.deadline = deadline  # handler methods are bounded from now on
         logger.info(
             "draining: %d live socket(s), up to %.0f s",
             len(self.connections), self.limits.drain_seconds,
@@ -212,6 +267,8 @@ class MediaServer:
     # ------------------------------------------------------------ per request / socket
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        if (refused := refuse_duplicate_headers(ws, request)) is not None:
+            return refused  # a repeated auth token or Upgrade: 400, not MultipleValuesError
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if request.path.split("?", 1)[0] == "/healthz" and not upgrade:
             status = "draining" if self.draining else "ok"
@@ -225,8 +282,8 @@ class MediaServer:
             return routed
         if self.draining:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is draining\n")
-        if len(self.connections) >= self.limits.max_streams:
-            reason = f"stream limit reached ({self.limits.max_streams} live streams)"
+        reason = self._refusal()
+        if reason is not None:
             logger.warning("refused a socket from %s: %s", _peer(ws), reason)
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
         if self.auth_token is not None:
@@ -236,42 +293,80 @@ class MediaServer:
                 return ws.respond(HTTPStatus.UNAUTHORIZED, "invalid streaming auth token\n")
         return None
 
+    def _refusal(self) -> str | None:
+        """Why a new socket cannot be taken now, or None. Suspended streams count: each holds
+        its recording open; sockets that have not authenticated hold no stream slot."""
+        max_streams = self.registry.max_streams
+        if max_streams is not None and len(self.registry) >= max_streams:
+            return f"stream limit reached ({max_streams} streams, live or suspended)"
+        if self.max_sockets is not None and len(self.connections) >= self.max_sockets:
+            return f"socket limit reached ({self.max_sockets} sockets)"
+        return None
+
     async def _handle(self, ws: MediaConnection) -> None:
         peer = _peer(ws)
         connection = StreamConnection(
             self.registry, _SocketTransport(ws), peer=peer, auth_token=self.auth_token
         )
         self.connections.add(connection)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[connection] = task
         self.sockets_total += 1
         watcher = asyncio.create_task(self._on_socket_closed(ws, connection))
         try:
             if await self._authenticate(ws, connection):
                 await self._read(ws, connection)
+        except asyncio.CancelledError:
+            if not self.registry.limits.was_stopped(task):
+                raise
+            await self._record_inbox(ws, connection)  # the handler was stuck: keep the audio
+        except Exception as exc:  # a bug on this socket's path: end it, keep its audio
+            logger.exception("stream %s: internal error; closing this socket", connection.log_id)
+            with contextlib.suppress(Exception):
+                await ws.close(1011, f"internal error ({type(exc).__name__})")
         finally:
             self.connections.discard(connection)
-            await watcher
             try:
+                if ws.state is not State.CLOSED:
+                    ws.transport.abort()  # never wait for a socket this path has given up on
+                await watcher
                 await connection.finish()
             except Exception:
-                logger.exception("stream %s: finishing the stream failed", connection.stream_id)
+                logger.exception("stream %s: finishing the stream failed", connection.log_id)
+            finally:
+                self._tasks.pop(connection, None)
+
+    @staticmethod
+    async def _record_inbox(ws: MediaConnection, connection: StreamConnection) -> None:
+        """Frames read but never handled (the handler was cancelled): their audio still goes
+        to the recording; the failed handler is not called again."""
+        while ws.inbox:
+            message = ws.inbox.popleft()
+            if not isinstance(message, InvalidText):
+                await connection.receive(message)
 
     @staticmethod
     async def _read(ws: MediaConnection, connection: StreamConnection) -> None:
         """Hand every message to the stream, in order, until the socket is gone. Once the
         stream ends, the socket is closed but still read: a peer blocked on a full socket
-        buffer would never see the close."""
+        buffer would never see the close, and audio that still arrives (after a handler
+        failed, say) goes to the recording."""
         inbox, receive = ws.inbox, connection.receive
         closing: asyncio.Task[None] | None = None
         while await ws.wait_for_messages():
             if closing is not None:
-                inbox.clear()
+                while inbox:
+                    message = inbox.popleft()
+                    if not isinstance(message, InvalidText):
+                        await receive(message)
                 continue
             while inbox:
                 message = inbox.popleft()
                 if isinstance(message, InvalidText):
                     logger.warning(
                         "stream %s: text frame is not UTF-8 (%s); closing",
-                        connection.stream_id, message.reason,
+                        connection.log_id, message.reason,
                     )  # fmt: skip
                     closing = asyncio.create_task(ws.close(CLOSE_INVALID_DATA, "invalid UTF-8"))
                     break
@@ -285,7 +380,7 @@ class MediaServer:
         if received is None or received.code not in (1000, 1001):
             logger.info(
                 "stream %s: socket closed abruptly (%s)",
-                connection.stream_id, ws.protocol.close_exc,
+                connection.log_id, ws.protocol.close_exc,
             )  # fmt: skip
 
     @staticmethod
@@ -294,7 +389,7 @@ class MediaServer:
         try:
             await connection.socket_closed()
         except Exception:
-            logger.exception("stream %s: stopping playback failed", connection.stream_id)
+            logger.exception("stream %s: stopping playback failed", connection.log_id)
 
     async def _authenticate(self, ws: MediaConnection, connection: StreamConnection) -> bool:
         """Without the token in the upgrade headers, the first frame must carry it."""
@@ -302,7 +397,16 @@ class MediaServer:
             return True
         if ws.request.headers.get(AUTH_TOKEN_KEY) is not None:
             return True  # checked in _process_request
-        if not await ws.wait_for_messages():
+        try:
+            received = await asyncio.wait_for(ws.wait_for_messages(), self.limits.auth_seconds)
+        except TimeoutError:
+            logger.warning(
+                "refused a socket from %s: no streaming auth token within %g s",
+                _peer(ws), self.limits.auth_seconds,
+            )  # fmt: skip
+            await ws.close(CLOSE_POLICY, "streaming auth token required")
+            return False
+        if not received:
             return False
         first = ws.inbox.popleft()
         token = None
@@ -324,7 +428,7 @@ class MediaServer:
             cutoff = time.monotonic() - idle
             idle_ones = [c for c in self.connections if c.last_activity < cutoff]
             for connection in idle_ones:
-                logger.warning("stream %s: idle for %.0f s, closing", connection.stream_id, idle)
+                logger.warning("stream %s: idle for %.0f s, closing", connection.log_id, idle)
                 connection.close_code = CLOSE_GOING_AWAY
                 connection.close_reason = f"idle for {idle:g} s"
                 connection.last_activity = float("inf")  # close once
@@ -332,6 +436,54 @@ class MediaServer:
                 *(c.transport.close(c.close_code, c.close_reason) for c in idle_ones),
                 return_exceptions=True,
             )
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft file descriptor limit to the hard one; the limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            logger.debug("file descriptor limit stays at %d: %s", soft, exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class _QuietAccept:
+    """An event loop exception handler that reports failing ``accept()`` calls (out of file
+    descriptors, say) once per ``ACCEPT_LOG_SECONDS`` with a count, not once per attempt."""
+
+    ACCEPT_LOG_SECONDS = 10.0
+
+    def __init__(self, previous: Callable[..., Any] | None) -> None:
+        self.previous = previous
+        self.suppressed = 0
+        self._last = -float("inf")
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "accept" not in str(context.get("message", "")):
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last < self.ACCEPT_LOG_SECONDS:
+            self.suppressed += 1
+            return
+        self._last = now
+        logger.error(
+            "accepting sockets fails: %s (%s); %d more such failures since the last report; "
+            "accepting pauses and retries",
+            context.get("message"), context.get("exception"), self.suppressed,
+        )  # fmt: skip
+        self.suppressed = 0
 
 
 def _same(given: str, expected: str) -> bool:

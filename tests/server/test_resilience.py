@@ -107,7 +107,7 @@ async def test_resume_after_grace_period_is_a_new_session_in_a_new_file(record_d
         )
     assert len(CountingHandler.instances) == 2
     first, _ = soundfile.read(record_dir / "late-resume.wav", dtype="int16")
-    again, _ = soundfile.read(record_dir / "late-resume.2.wav", dtype="int16")
+    again, _ = soundfile.read(record_dir / "late-resume~2.wav", dtype="int16")
     expected = plan.expected_pcm()
     np.testing.assert_array_equal(first, expected[: 30 * 160])
     np.testing.assert_array_equal(again, expected[30 * 160 : 60 * 160])
@@ -196,7 +196,11 @@ async def test_limits_cut_off_bad_clients_and_spare_the_others(record_dir: Path)
         assert 0.5 < time.monotonic() - t0 < 2.5
 
         # 4. at the stream limit the next socket is refused with its reason
-        holders = [await connect(url) for _ in range(2)]  # + the healthy call = 3
+        holders = [await connect(url) for _ in range(2)]  # + the healthy call = 3 streams
+        for n, ws in enumerate(holders):  # a socket holds a slot once its stream started
+            await ws.send(json.dumps(healthy.start_frame()).replace("healthy", f"holder-{n}"))
+        while len(srv.registry) < 3:
+            await asyncio.sleep(0.01)
         with pytest.raises(InvalidStatus) as refused:
             await connect(url)
         assert refused.value.response.status_code == 503

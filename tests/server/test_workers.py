@@ -284,7 +284,7 @@ async def test_a_reconnect_on_another_worker_is_a_new_session_in_a_new_file(
     assert len(set(event.split()[1] for event in EventLog.events)) == 2
     expected = plan.expected_pcm()
     before, _ = soundfile.read(tmp_path / "hop.wav", dtype="int16")
-    after, _ = soundfile.read(tmp_path / "hop.2.wav", dtype="int16")
+    after, _ = soundfile.read(tmp_path / "hop~2.wav", dtype="int16")
     np.testing.assert_array_equal(before, expected[: 40 * 160])
     if restart_counters:  # it starts at the reconnect
         np.testing.assert_array_equal(after, expected[40 * 160 :])
@@ -342,7 +342,7 @@ def test_a_file_another_process_writes_is_neither_continued_nor_recovered(tmp_pa
         with pytest.raises(recording.RecordingLocked):
             WavRecorder(path, 8000)
         rec = open_recording(tmp_path, "call", 8000, resume_within=60)  # recent, but not ours
-        assert rec.path == tmp_path / "call.2.wav" and rec.frames_on_disk == 0
+        assert rec.path == tmp_path / "call~2.wav" and rec.frames_on_disk == 0
         rec.close_sync()
         holder.kill()  # the writer crashed: the kernel drops its lock
         holder.wait(10)
@@ -350,7 +350,7 @@ def test_a_file_another_process_writes_is_neither_continued_nor_recovered(tmp_pa
     data, _ = soundfile.read(path, dtype="int16")
     np.testing.assert_array_equal(data, np.concatenate([tone(800, 1), tone(400, 2)]))
     # and now a resume may continue it: the latest file of the stream, written just now
-    os.utime(tmp_path / "call.2.wav", (0, 0))
+    os.utime(tmp_path / "call~2.wav", (0, 0))
     rec = open_recording(tmp_path, "call", 8000, resume_within=60)
     assert rec.path == path and rec.frames_on_disk == 1200
     rec.close_sync()
@@ -361,7 +361,7 @@ async def test_two_recorders_of_one_stream_get_two_files(tmp_path: Path):
     await first.write(Frame(tone(800, 1), 0))
     first.flush()  # written just now: a resume would continue it, if nobody held it
     second = open_recording(tmp_path, "same-id", 8000, resume_within=60)
-    assert (first.path.name, second.path.name) == ("same-id.wav", "same-id.2.wav")
+    assert (first.path.name, second.path.name) == ("same-id.wav", "same-id~2.wav")
     await second.write(Frame(tone(800, 2), 0))
     await first.write(Frame(tone(800, 3), 800))
     await second.close()
@@ -381,7 +381,7 @@ def test_racing_new_sessions_claim_distinct_names(tmp_path: Path):
     names = sorted(r.path.name for r in recorders)
     for rec in recorders:
         rec.close_sync()
-    expected = ["race.wav", *(f"race.{n}.wav" for n in range(2, 17))]
+    expected = ["race.wav", *(f"race~{n}.wav" for n in range(2, 17))]
     assert names == sorted(expected)
 
 
