@@ -54,11 +54,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reorder_depth=args.reorder_depth,
         resume_grace_seconds=args.resume_grace,
         capture_dir=Path(args.capture_dir) if args.capture_dir else None,
+        max_gap_seconds=args.max_gap_seconds,
+        takeover_seconds=args.takeover_seconds,
     )
     limits = ServerLimits(
         max_frame_bytes=args.max_frame_bytes,
         max_streams=args.max_streams,
         handshake_seconds=args.handshake_timeout,
+        auth_seconds=args.auth_timeout,
         idle_seconds=args.idle_timeout,
         ping_interval=args.ping_interval or None,
         ping_timeout=args.ping_interval or None,
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames held to reorder before a missing one counts as lost (default %(default)s)",
     )
     limits = ServerLimits()
+    stream_defaults = StreamOptions()
     p.add_argument(
         "--auth-token",
         metavar="TOKEN",
@@ -316,7 +320,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-streams",
         type=int,
         default=limits.max_streams,
-        help="live sockets at most; more are refused with HTTP 503 (%(default)s)",
+        help="streams at most, live or suspended (waiting for a reconnect); more are refused "
+        "with HTTP 503; lowered to what the file descriptor limit allows (%(default)s)",
+    )
+    p.add_argument(
+        "--auth-timeout",
+        type=float,
+        default=limits.auth_seconds,
+        metavar="SECONDS",
+        help="with --auth-token and no token header, the first frame must carry it by then "
+        "(%(default)s)",
+    )
+    p.add_argument(
+        "--max-gap-seconds",
+        type=float,
+        default=stream_defaults.max_gap_seconds,
+        metavar="SECONDS",
+        help="a counter jump or first timestamp beyond this restarts the timeline instead of "
+        "filling silence (%(default)s)",
+    )
+    p.add_argument(
+        "--takeover-seconds",
+        type=float,
+        default=stream_defaults.takeover_seconds,
+        metavar="SECONDS",
+        help="a second socket for a live stream id takes over once the first is closed or "
+        "silent this long; refused if the first keeps sending (%(default)s)",
     )
     p.add_argument(
         "--handshake-timeout",
@@ -344,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-seconds",
         type=float,
         default=limits.drain_seconds,
-        help="on SIGTERM, time live streams get to finish before they are closed (%(default)s)",
+        help="on SIGTERM, time live streams (and handler methods) get to finish before they "
+        "are closed (and cancelled) (%(default)s)",
     )
     p.add_argument(
         "--loop",

@@ -284,7 +284,7 @@ class ServerMetrics:
         self.interval = interval
         self.handler_errors = 0  # incremented by streams.py; pushed in batches
         self.refusals: dict[str, int] = {}  # sockets or starts refused, by reason (streams.py)
-        self.recording_open_failures = 0  # recordings that could not be opened (streams.py)
+        self.recording_open_failures = 0  # recorders that could not even be made (streams.py)
         self.multiprocess_dir = multiprocess_dir()
         self.registry: CollectorRegistry | None
         if self.multiprocess_dir is not None:

@@ -207,9 +207,9 @@ class StreamRegistry:
         or when the stream limit is reached.
         """
         stream = self.streams.get(event.stream_id)
-        if stream is not None and stream.owner is not None:
+        while stream is not None and stream.owner is not None:
             await self._contest(stream, connection)
-            stream = self.streams.get(event.stream_id)  # it may have ended meanwhile
+            stream = self.streams.get(event.stream_id)  # ended meanwhile, or owned by another
         if stream is not None and not stream.ended:
             if stream._expiry is not None:
                 stream._expiry.cancel()
@@ -222,7 +222,7 @@ class StreamRegistry:
             return stream, True
         if self.max_streams is not None and len(self.streams) >= self.max_streams:
             reason = f"stream limit reached ({self.max_streams} streams, live or suspended)"
-            _count(self.metrics, "refusals", "stream_limit")
+            count_refusal(self.metrics, "stream_limit")
             raise StreamRefused(CLOSE_TRY_AGAIN_LATER, reason)
         call = Call.from_started(event, connection.transport, connection.session)
         stream = Stream(
@@ -250,7 +250,7 @@ class StreamRegistry:
                 await owner.hand_over(timeout=window)
                 return
             if now - arrived >= window:
-                _count(self.metrics, "refusals", "stream_id_in_use")
+                count_refusal(self.metrics, "stream_id_in_use")
                 logger.warning(
                     "stream %s: refused a second socket from %s: the stream is live on a "
                     "socket from %s that is still sending", stream.log_id, newcomer.peer,
@@ -263,8 +263,9 @@ class StreamRegistry:
         """Open the stream's recording; a failure is logged and counted, never fatal."""
         try:
             stream.recorder = await asyncio.to_thread(self._open_recorder, event)
-        except Exception as exc:
-            _count(self.metrics, "recording_open_failures")
+        except Exception as exc:  # recorders retry what the disk refuses: this is a bug
+            if self.metrics is not None:
+                self.metrics.recording_open_failures += 1
             logger.error(
                 "stream %s: cannot record to %s: %s (the stream goes on unrecorded; "
                 "a reconnect tries again)", stream.log_id, self.options.record_dir, exc,
@@ -343,15 +344,10 @@ class StreamRegistry:
                 logger.error("stream %s: ending failed: %r", stream.log_id, result)
 
 
-def _count(metrics: ServerMetrics | None, name: str, kind: str | None = None) -> None:
-    """One more of a rare event in the server's metrics (pushed with the batched counts)."""
-    if metrics is None:
-        return
-    if kind is None:
-        setattr(metrics, name, getattr(metrics, name) + 1)
-    else:
-        counts: dict[str, int] = getattr(metrics, name)
-        counts[kind] = counts.get(kind, 0) + 1
+def count_refusal(metrics: ServerMetrics | None, reason: str) -> None:
+    """One more socket or ``start`` refused for ``reason`` (pushed with the batched counts)."""
+    if metrics is not None:
+        metrics.refusals[reason] = metrics.refusals.get(reason, 0) + 1
 
 
 def _log_task_failure(task: asyncio.Future[None]) -> None:

@@ -23,6 +23,8 @@ def _rate(sample_rate: int | None) -> int:
         allowed = ", ".join(str(r) for r in sorted(SAMPLE_RATES))
         raise UnsupportedCodecError(f"L16 at {sample_rate!r} Hz is not supported (only {allowed})")
     return rate
+
+
 ByteOrder = Literal["big", "little"]
 
 

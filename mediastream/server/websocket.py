@@ -34,7 +34,7 @@ from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_fr
 from mediastream.recording import recover_recordings
 from mediastream.server.connection import InvalidText, MediaConnection
 from mediastream.server.http import HttpRoutes, install_metrics, refuse_duplicate_headers
-from mediastream.streams import StreamConnection, StreamRegistry
+from mediastream.streams import StreamConnection, StreamRegistry, count_refusal
 from mediastream.warmup import warm_up
 
 logger = logging.getLogger(__name__)
@@ -284,6 +284,7 @@ class MediaServer:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is draining\n")
         reason = self._refusal()
         if reason is not None:
+            count_refusal(self.metrics, reason.split(" reached", 1)[0].replace(" ", "_"))
             logger.warning("refused a socket from %s: %s", _peer(ws), reason)
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
         if self.auth_token is not None:
@@ -400,6 +401,7 @@ class MediaServer:
         try:
             received = await asyncio.wait_for(ws.wait_for_messages(), self.limits.auth_seconds)
         except TimeoutError:
+            count_refusal(self.metrics, "no_auth_token")
             logger.warning(
                 "refused a socket from %s: no streaming auth token within %g s",
                 _peer(ws), self.limits.auth_seconds,

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -437,3 +438,118 @@ async def test_a_newline_in_a_stream_id_cannot_forge_a_log_line(
     for message in about:
         assert "\n" not in message and "\x1b" not in message
         assert "real\\nmediastream.streams" in message
+
+
+# ---------------------------------------------------------------- item 2: unwritable dir
+
+
+class ReadOnlyDir:
+    """Fault injection: ``os.open`` of a file in ``directory`` fails with EROFS while on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        import errno
+        import os
+
+        self.on = True
+        original = os.open
+
+        def guarded(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.on and Path(path).parent == directory:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return original(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", guarded)
+
+
+async def test_a_recording_that_cannot_be_opened_says_so_and_a_reconnect_records(
+    record_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    fault = ReadOnlyDir(monkeypatch, record_dir)
+    plan = plan_call(synthesize_speechlike(5.0, 8000), stream_id="read-only")
+    async with MediaServer(port=0, options=StreamOptions(record_dir)) as srv:
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start(plan))
+            for chunk in range(1, 101):
+                await ws.send(frame(plan, chunk))
+        await asyncio.sleep(0.2)  # suspended, waiting for a reconnect
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("read-only" in r.getMessage() and "Read-only" in r.getMessage() for r in errors)
+        assert srv.metrics is not None
+        metrics = srv.metrics.render()[0].decode()
+        (failures,) = re.findall(r'recording_errors_total\{kind="open"\} (\S+)', metrics)
+        assert float(failures) >= 1
+        fault.on = False  # the directory is writable again
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start(plan))
+            for chunk in range(101, 251):
+                await ws.send(frame(plan, chunk))
+            await ws.send(stop(plan))
+            assert await closed_code(ws, 5) == 1000
+        await ended(srv, "read-only")
+    np.testing.assert_array_equal(
+        wav(record_dir / "read-only.wav")[:, 0], plan.expected_pcm()[: 250 * 160]
+    )
+
+
+# ---------------------------------------------------------------- item 7: a full disk
+
+
+class FullDisk:
+    """Fault injection: while ``mode`` is "short", ``os.pwrite`` writes only half of what it
+    is given (a disk filling up: a short write); while "full", it fails with ENOSPC."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import errno
+        import os
+
+        self.mode: str | None = None
+        self.faults = 0
+        original = os.pwrite
+
+        def pwrite(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+            if self.mode is None:
+                return original(fd, data, offset)
+            self.faults += 1
+            view = memoryview(data).cast("B")
+            if self.mode == "short" and len(view) > 1:
+                return original(fd, view[: len(view) // 2], offset)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+
+
+async def test_a_full_disk_for_five_seconds_loses_nothing_and_stalls_nothing(
+    record_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from mediastream.simulate import send_call
+    from tests.processes import healthz
+
+    disk = FullDisk(monkeypatch)
+    plans = [
+        plan_call(synthesize_speechlike(8.0, 8000, seed=n), stream_id=f"disk-{n}", seed=n)
+        for n in range(10)
+    ]
+    worst = 0.0
+    async with MediaServer(port=0, options=StreamOptions(record_dir)) as srv:
+        calls = [asyncio.create_task(send_call(ws_url(srv), plan, realtime=True)) for plan in plans]
+        await asyncio.sleep(1.0)
+        began = time.monotonic()
+        while not all(call.done() for call in calls):
+            outage = time.monotonic() - began
+            disk.mode = "short" if outage < 2.5 else "full" if outage < 5.0 else None
+            t0 = time.perf_counter()
+            status, _ = await healthz(srv.port)
+            worst = max(worst, time.perf_counter() - t0)
+            assert status == 200
+            await asyncio.sleep(0.02)
+        results = await asyncio.gather(*calls)
+        for plan in plans:
+            await ended(srv, plan.stream_id)
+    assert disk.faults > 10 and all(not r.closed_by_server for r in results)
+    assert worst < 0.1, f"/healthz took {worst * 1000:.0f} ms during the outage"
+    for plan in plans:
+        np.testing.assert_array_equal(
+            wav(record_dir / f"{plan.stream_id}.wav")[:, 0], plan.expected_pcm()
+        )
+    outages = [r for r in caplog.records if "disk-3" in r.getMessage() and r.levelno >= 30]
+    assert 1 <= len(outages) <= 2  # one line per outage (and none per frame or retry)
