@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         capture_dir=Path(args.capture_dir) if args.capture_dir else None,
         max_gap_seconds=args.max_gap_seconds,
         takeover_seconds=args.takeover_seconds,
+        max_backlog_seconds=args.max_backlog_seconds,
     )
     limits = ServerLimits(
         max_frame_bytes=args.max_frame_bytes,
@@ -338,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a counter jump or first timestamp beyond this restarts the timeline instead of "
         "filling silence (%(default)s)",
+    )
+    p.add_argument(
+        "--max-backlog-seconds",
+        type=float,
+        default=stream_defaults.max_backlog_seconds,
+        metavar="SECONDS",
+        help="audio per recording kept in memory while the disk refuses writes; more is "
+        "counted and logged as lost (%(default)s)",
     )
     p.add_argument(
         "--takeover-seconds",

@@ -203,5 +203,7 @@ class StreamOptions:
     # a second socket naming a live stream id waits this long: it takes over if the first one
     # closes or sends nothing for this long, and is refused (1008) if the first keeps sending
     takeover_seconds: float = 1.0
+    # audio a recording keeps in memory while the disk refuses it; more is counted as lost
+    max_backlog_seconds: float = 20.0
     # after the drain deadline, each handler method still called (``on_stop``) gets this long
     handler_stop_seconds: float = 2.0

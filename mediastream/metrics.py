@@ -177,6 +177,12 @@ class _Metrics:
         self.handler_errors = counter(
             "handler_errors", "Exceptions raised by handler methods (each ends its stream)."
         )
+        self.refused = counter(
+            "sockets_refused",
+            "Sockets or starts refused: stream or socket limit, stream id live elsewhere, no "
+            "auth token in time.",
+            ("reason",),
+        )
         self.handler_lag = Histogram(
             f"{PREFIX}_handler_lag_seconds",
             "How far behind the stream's real-time clock each frame's on_audio finished.",
@@ -374,6 +380,9 @@ class ServerMetrics:
         if self.handler_errors:
             m.handler_errors.inc(self.handler_errors)
             self.handler_errors = 0
+        for reason, count in self.refusals.items():
+            m.refused.labels(reason).inc(count)
+        self.refusals.clear()
         if any(self._lag_counts):
             _observe_many(m.handler_lag, self._lag_counts, self._lag_sum)
             self._lag_counts = [0] * len(self._lag_counts)

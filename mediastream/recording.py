@@ -54,6 +54,7 @@ from typing import Protocol
 import numpy as np
 
 from mediastream.errors import MediaStreamError
+from mediastream.logs import escape
 
 try:
     import fcntl
@@ -435,13 +436,16 @@ def _claim(
         except RecordingLocked:
             logger.info(
                 "stream %s: %s is being written by another process; starting a new file",
-                stream_id, latest,
+                escape(stream_id), latest,
             )  # fmt: skip
         except RecordingFinalized:
             pass  # finished between our look and our lock
         except RecordingError as exc:
             logger.warning(
-                "stream %s: cannot continue %s (%s); starting a new file", stream_id, latest, exc
+                "stream %s: cannot continue %s (%s); starting a new file",
+                escape(stream_id),
+                latest,
+                exc,
             )
     while True:
         try:
@@ -683,6 +687,7 @@ class WavRecorder:
         self.path = None
         self.sample_rate = sample_rate
         self.stream_id = stream_id
+        self._log_id = escape(stream_id) if stream_id is not None else "?"
         self.max_backlog_seconds = max_backlog_seconds
         self.error: BaseException | None = None  # why the last attempt failed (None: it worked)
         self.open_errors = 0
@@ -855,7 +860,7 @@ class WavRecorder:
             logger.error(
                 "stream %s: recording backlog full (%g s of audio per track): dropping audio "
                 "until %s can be written; it is counted as lost",
-                self.stream_id, self.max_backlog_seconds, self._name(),
+                self._log_id, self.max_backlog_seconds, self._name(),
             )  # fmt: skip
 
     # ------------------------------------------------------------ writing and retrying
@@ -991,19 +996,19 @@ class WavRecorder:
             logger.error(
                 "stream %s: cannot create recording in %s: %s; keeping up to %g s of audio "
                 "and retrying",
-                self.stream_id, self._where, _describe(exc), keep,
+                self._log_id, self._where, _describe(exc), keep,
             )  # fmt: skip
         elif isinstance(exc, OSError):
             logger.error(
                 "stream %s: cannot write recording %s: %s; keeping up to %g s of audio and "
                 "retrying",
-                self.stream_id, self.path, _describe(exc), keep,
+                self._log_id, self.path, _describe(exc), keep,
             )  # fmt: skip
         else:  # not the disk: a bug, so the traceback (once)
             logger.error(
                 "stream %s: writing recording %s failed; keeping up to %g s of audio and "
                 "retrying",
-                self.stream_id, self.path, keep, exc_info=exc,
+                self._log_id, self.path, keep, exc_info=exc,
             )  # fmt: skip
 
     def _wrote(self, written: int) -> None:
@@ -1026,7 +1031,7 @@ class WavRecorder:
             logger.warning(
                 "stream %s: recording %s %s after %.2f s (%d failed attempts): %.2f s of "
                 "backlog written in place, %.2f s lost",
-                self.stream_id, self.path,
+                self._log_id, self.path,
                 "created" if self._outage_opening else "written again",
                 _monotonic() - self._outage_start, self._outage_failures,
                 self._outage_written / rate, self._outage_lost / rate,
@@ -1089,7 +1094,7 @@ class WavRecorder:
                 logger.error(
                     "stream %s: closing recording %s with %.2f s of audio that could not be "
                     "written: lost (%s)",
-                    self.stream_id, self._name(), left / self.sample_rate, _describe(self.error),
+                    self._log_id, self._name(), left / self.sample_rate, _describe(self.error),
                 )  # fmt: skip
         finally:
             self._close_file()
@@ -1106,7 +1111,7 @@ class WavRecorder:
                     logger.warning(
                         "stream %s: cannot mark recording %s finished (%s): it stays writable, "
                         "so a new session of the stream within the grace period may continue it",
-                        self.stream_id, file.path, _describe(exc),
+                        self._log_id, file.path, _describe(exc),
                     )  # fmt: skip
         finally:
             file.close()

@@ -287,8 +287,10 @@ class StreamRegistry:
             resume_within=self.options.resume_grace_seconds,
             flush_seconds=self.options.flush_seconds,
             append=False,
+            max_backlog_seconds=self.options.max_backlog_seconds,
         )
-        logger.info("stream %s: recording to %s", escape(event.stream_id), recorder.path)
+        if recorder.path is not None:  # else the recorder said why, and retries
+            logger.info("stream %s: recording to %s", escape(event.stream_id), recorder.path)
         return recorder
 
     async def suspend(self, stream: Stream) -> None:
@@ -552,15 +554,17 @@ class StreamConnection:
 
     def _place(self, stream: Stream, event: Audio) -> None:
         """Shift this socket's audio onto the stream's timeline (``_offset_for``)."""
-        offset = self._offsets.get(event.track)
+        track = event.track
+        offset = self._offsets.get(track)
         if offset is None:
-            offset = self._offsets[event.track] = self._offset_for(stream, event)
+            offset = self._offsets[track] = self._offset_for(stream, event)
+            if stream.clock is None:
+                stream.clock = (self.last_activity, event.position + offset)
         position = event.position = event.position + offset
         end = position + len(event.pcm)
-        if end > stream.track_ends.get(event.track, 0):
-            stream.track_ends[event.track] = end
-        if stream.clock is None:
-            stream.clock = (self.last_activity, position)
+        ends = stream.track_ends
+        if end > ends.get(track, 0):
+            ends[track] = end
 
     def _offset_for(self, stream: Stream, event: Audio) -> int:
         """Where this socket's audio of ``event.track`` goes, decided at its first frame.
