@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -58,6 +58,26 @@ CLOSE_TRY_AGAIN_LATER = 1013
 FRAMES_PER_SECOND = 50  # 20 ms frames: what the gap bound in frames is counted in
 
 
+@dataclass(slots=True)
+class StreamTotals:
+    """Counts summed over a stream's sockets, added once per socket as it finishes (never per
+    frame): what the one line logged at the stream's end says."""
+
+    sockets: int = 0
+    frames: int = 0  # media frames received
+    lost: int = 0  # given up as lost: handlers got silence (late ones included)
+    reordered: int = 0
+    late: int = 0  # came after their slot was given up: back in the recording only
+
+    def add(self, session: Session) -> None:
+        self.sockets += 1
+        self.frames += session.stats.media_frames
+        for stats in session.reorder_stats().values():
+            self.lost += stats.gaps
+            self.reordered += stats.reordered
+            self.late += stats.late
+
+
 class StreamState(Enum):
     """Where a stream is in its life: the one place that says so."""
 
@@ -82,6 +102,9 @@ class Stream:
     error_counts: dict[str, int] = field(default_factory=dict)
     # (monotonic time, position) of the first audio: real time, for a resume that restarts
     clock: tuple[float, int] | None = None
+    sample_rate: int = 0  # the decoded rate: positions on the timeline count these samples
+    opened_at: float = field(default_factory=time.monotonic)
+    totals: StreamTotals = field(default_factory=StreamTotals)
     _expiry: asyncio.TimerHandle | None = None
     metrics: ServerMetrics | None = field(default=None, repr=False)  # counts handler errors
     limits: HandlerLimits | None = field(default=None, repr=False)
@@ -196,6 +219,7 @@ class StreamRegistry:
         self.metrics: ServerMetrics | None = None  # set by the server when it exposes metrics
         self.max_streams: int | None = None  # live and suspended streams; set by the server
         self.limits = HandlerLimits(options.handler_stop_seconds)
+        self._ending: set[asyncio.Future[None]] = set()  # streams whose grace period ran out
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -214,7 +238,9 @@ class StreamRegistry:
             if stream._expiry is not None:
                 stream._expiry.cancel()
                 stream._expiry = None
+            await _drop_player(stream)
             stream.owner, stream.state = connection, StreamState.LIVE
+            connection.last_activity = time.monotonic()  # judged from now on, if contested
             stream.call.attach(connection.transport, connection.session)
             logger.info("stream %s: resumed on a new socket", stream.log_id)
             if stream.recorder is None and self.options.record_dir is not None:
@@ -226,8 +252,9 @@ class StreamRegistry:
             raise StreamRefused(CLOSE_TRY_AGAIN_LATER, reason)
         call = Call.from_started(event, connection.transport, connection.session)
         stream = Stream(
-            event.stream_id, call, owner=connection, metrics=self.metrics, limits=self.limits
-        )
+            event.stream_id, call, owner=connection, metrics=self.metrics, limits=self.limits,
+            sample_rate=event.sample_rate,
+        )  # fmt: skip
         self.streams[event.stream_id] = stream
         if self.options.record_dir is not None:
             await self._record(stream, event)
@@ -290,7 +317,7 @@ class StreamRegistry:
             max_backlog_seconds=self.options.max_backlog_seconds,
         )
         if recorder.path is not None:  # else the recorder said why, and retries
-            logger.info("stream %s: recording to %s", escape(event.stream_id), recorder.path)
+            logger.debug("stream %s: recording to %s", escape(event.stream_id), recorder.path)
         return recorder
 
     async def suspend(self, stream: Stream) -> None:
@@ -304,11 +331,13 @@ class StreamRegistry:
             stream.recorder.flush()  # everything on disk while we wait
         loop = asyncio.get_running_loop()
         stream._expiry = loop.call_later(grace, self._expire, stream)
-        logger.info("stream %s: socket closed; kept %.0f s for a reconnect", stream.log_id, grace)
+        logger.debug("stream %s: socket closed; kept %.0f s for a reconnect", stream.log_id, grace)
 
     def _expire(self, stream: Stream) -> None:
         stream._expiry = None
         task = asyncio.ensure_future(self.end(stream))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
         task.add_done_callback(_log_task_failure)
 
     async def end(self, stream: Stream) -> None:
@@ -316,7 +345,9 @@ class StreamRegistry:
         if stream.ended:
             return
         stream.state = StreamState.ENDED
-        stream.owner = None
+        owner, stream.owner = stream.owner, None
+        if owner is not None:  # ended under a live socket (shutdown): count what it received
+            owner.count_into(stream)
         if stream._expiry is not None:
             stream._expiry.cancel()
             stream._expiry = None
@@ -335,6 +366,7 @@ class StreamRegistry:
         repeated = {kind: n for kind, n in stream.error_counts.items() if n > 1}
         if repeated:
             logger.warning("stream %s: repeated errors: %s", stream.log_id, repeated)
+        logger.info("stream %s: %s", stream.log_id, summary(stream))
 
     async def close_all(self) -> None:
         """End every stream, live or suspended (server shutdown), all at once: each one's
@@ -344,12 +376,46 @@ class StreamRegistry:
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, BaseException):
                 logger.error("stream %s: ending failed: %r", stream.log_id, result)
+        if self._ending:  # expired just before: their on_stop is under way
+            await asyncio.gather(*self._ending, return_exceptions=True)
+
+
+def summary(stream: Stream) -> str:
+    """What the stream's one end line says: its length on the timeline and in real time, the
+    frames of all its sockets and what became of them, and the file with its length."""
+    t = stream.totals
+    rate = stream.sample_rate
+    audio = f"{stream.end_position / rate:.2f} s of audio" if rate else "no audio"
+    wall = time.monotonic() - stream.opened_at
+    sockets = f" over {t.sockets} sockets" if t.sockets > 1 else ""
+    text = (
+        f"ended after {wall:.1f} s: {audio}, {t.frames} frames{sockets} "
+        f"(lost {t.lost}, reordered {t.reordered}, late {t.late})"
+    )
+    recorder = stream.recorder
+    if recorder is None or recorder.path is None:
+        return text + "; nothing recorded"
+    seconds = recorder.frames_on_disk / recorder.sample_rate
+    return f"{text}; recorded {recorder.path} ({seconds:.2f} s)"
 
 
 def count_refusal(metrics: ServerMetrics | None, reason: str) -> None:
     """One more socket or ``start`` refused for ``reason`` (pushed with the batched counts)."""
     if metrics is not None:
         metrics.refusals[reason] = metrics.refusals.get(reason, 0) + 1
+
+
+def _ignore_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a close that failed is a socket already gone
+
+
+async def _drop_player(stream: Stream) -> None:
+    """Forget the stream's player: it belonged to a socket that is gone (pending playbacks
+    resolve now); the next socket gets a new one."""
+    player, stream.call._player = stream.call._player, None
+    if player is not None:
+        await player.close()
 
 
 def _log_task_failure(task: asyncio.Future[None]) -> None:
@@ -386,6 +452,7 @@ class StreamConnection:
         self._resumed = False
         self._stopped_by_carrier = False
         self._finished = False
+        self._counted = False  # this socket's counts went into its stream's totals
         self._handing_over = False  # another socket takes the stream once this one finishes
         self._broken = False  # an internal error happened on this socket
         self._done = asyncio.Event()
@@ -419,10 +486,9 @@ class StreamConnection:
         held audio is recorded), waiting at most ``timeout``; after that it records nothing."""
         self._handing_over = True
         self._end(CLOSE_POLICY, "stream taken over by a newer socket")
-        try:
-            await self.transport.close(self.close_code, self.close_reason)
-        except Exception as exc:
-            logger.debug("stream %s: closing the replaced socket: %r", self.log_id, exc)
+        # a half-open socket never answers the close: its handshake must not hold the newcomer
+        closing = asyncio.ensure_future(self.transport.close(self.close_code, self.close_reason))
+        closing.add_done_callback(_ignore_outcome)
         try:
             await asyncio.wait_for(self._done.wait(), timeout)
         except TimeoutError:
@@ -430,9 +496,24 @@ class StreamConnection:
         stream = self.stream
         if stream is not None and stream.owner is self:
             stream.owner = None
-            player, stream.call._player = stream.call._player, None
-            if player is not None:
-                await player.close()
+            await _drop_player(stream)
+
+    def abandon(self, unread: Iterable[str | bytes]) -> None:
+        """Shutdown gives up on this socket's task (its handler ignores cancellation): from
+        now on it handles nothing, and its stream is ended without it. The audio of frames it
+        never got to (``unread``) still goes to the recording."""
+        self._broken = True
+        self._end(CLOSE_INTERNAL_ERROR, "handler did not stop")
+        stream = self.stream
+        if stream is None or stream.recorder is None or stream.owner is not self:
+            return
+        stream.failed = True
+        for message in unread:
+            if isinstance(message, str):
+                for event in self.session.receive_text(message):
+                    if isinstance(event, Audio):
+                        self._place(stream, event)
+                        stream.recorder.append(event)
 
     async def receive(self, message: str | bytes) -> bool:
         """Handle one frame; False means the stream must end (the caller closes the socket
@@ -488,7 +569,12 @@ class StreamConnection:
         if stream is None or stream.owner is not self:
             return
         stream.owner = None
-        if self._handing_over:
+        self.count_into(stream)
+        try:
+            await _drop_player(stream)  # one made while the socket was closing, perhaps
+        except Exception:
+            logger.exception("stream %s: stopping playback failed", self.log_id)
+        if self._handing_over and not (stream.failed or self._stopped_by_carrier):
             return  # the newer socket resumes the stream
         ended = stream.failed or self._stopped_by_carrier
         if ended or self.close_code != CLOSE_NORMAL:
@@ -496,13 +582,19 @@ class StreamConnection:
         else:
             await self.registry.suspend(stream)
 
+    def count_into(self, stream: Stream) -> None:
+        """Add this socket's counts to its stream's totals, once, when the socket is done."""
+        if not self._counted:
+            self._counted = True
+            stream.totals.add(self.session)
+
     async def _dispatch(self, events: list[Event]) -> bool:
         keep_going = True
         stream = self.stream
         meter = self.meter
         if stream is not None and stream.owner is not self:
             return self._replaced(events)
-        for event in events:
+        for index, event in enumerate(events):
             if isinstance(event, Audio):
                 if stream is None:
                     continue
@@ -514,6 +606,8 @@ class StreamConnection:
                     keep_going &= handled
                     if handled and meter is not None:  # handler lag: plain ints (metrics.py)
                         meter.handled(event, self.last_activity)
+                    if stream.owner is not self:  # taken over while the handler ran
+                        return self._replaced(events[index + 1 :])
             elif isinstance(event, Started):
                 keep_going &= await self._on_started(event)
                 stream = self.stream
@@ -531,7 +625,7 @@ class StreamConnection:
                     self._end(CLOSE_UNSUPPORTED_DATA, event.message)
                     keep_going = False
             elif isinstance(event, Stopped):
-                logger.info("stream %s: socket ended (%s)", self.log_id, event.reason)
+                logger.debug("stream %s: socket ended (%s)", self.log_id, event.reason)
                 if event.reason == "stop":
                     self._stopped_by_carrier = True
                     keep_going = False  # the stream is over
@@ -577,6 +671,10 @@ class StreamConnection:
         """
         position, end = event.position, stream.end_position
         bound = int(self.registry.options.max_gap_seconds * event.sample_rate)
+        track_end = stream.track_ends.get(event.track, 0)
+        tolerance = min(event.sample_rate, track_end // 2)  # a resent frame or two
+        if self._resumed and position > 0 and track_end - tolerance <= position <= end + bound:
+            return 0  # this track's counters continue across the reconnect
         if self._offsets:  # another track of this socket already chose the shift
             offset = next(iter(self._offsets.values()))
             if position + offset <= end + bound:
@@ -584,10 +682,6 @@ class StreamConnection:
             return self._restart(stream, event, end)
         if not self._resumed:
             return 0 if position <= bound else self._restart(stream, event, 0)
-        track_end = stream.track_ends.get(event.track, 0)
-        tolerance = min(event.sample_rate, track_end // 2)  # a resent frame or two
-        if position > 0 and track_end - tolerance <= position <= end + bound:
-            return 0  # the counters continue across the reconnect
         target = end
         if stream.clock is not None:
             started, first = stream.clock

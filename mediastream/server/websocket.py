@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from mediastream.errors import SocketClosed
 from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.logs import redacting_logger
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
@@ -79,7 +81,10 @@ class _SocketTransport:
         self._ws = ws
 
     async def send(self, text: str) -> None:
-        await self._ws.send(text)
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:  # a hang-up while we play: not a failure of ours
+            raise SocketClosed(str(exc), normal=isinstance(exc, ConnectionClosedOK)) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code, reason)
@@ -116,6 +121,7 @@ class MediaServer:
         self.metrics = install_metrics(self.registry, self.http) if metrics else None
         self.connections: set[StreamConnection] = set()
         self._tasks: dict[StreamConnection, asyncio.Task[Any]] = {}  # each socket's handler
+        self._sockets: dict[StreamConnection, MediaConnection] = {}
         self.max_sockets = self.limits.max_sockets
         self.sockets_total = 0
         self.draining = False
@@ -133,7 +139,7 @@ class MediaServer:
         self._bound_file_descriptors()
         costs = await asyncio.to_thread(warm_up)  # before listening: no call waits for it
         if costs:
-            logger.info(
+            logger.debug(
                 "codecs ready in %.2f s (%s)",
                 sum(costs.values()), ", ".join(f"{k} {v:.2f} s" for k, v in costs.items()),
             )  # fmt: skip
@@ -161,7 +167,7 @@ class MediaServer:
         self._sweeper = asyncio.create_task(self._sweep_idle())
         if self.metrics is not None:
             self.metrics.start()  # pushes batched counts every second
-        logger.info("listening on ws://%s:%d", self.host, self.port)
+        logger.debug("listening on ws://%s:%d", self.host, self.port)  # on_ready: the CLI prints it
 
     def _bound_file_descriptors(self) -> None:
         """Fit the socket and stream limits in the file descriptor limit (raised to its hard
@@ -169,7 +175,10 @@ class MediaServer:
         budget = _raise_fd_limit() - FD_RESERVE
         limits, registry = self.limits, self.registry
         if limits.max_streams > budget // 2:
-            logger.info(
+            # a cut of a few percent (10000 to 9968 under a 20000 hard limit) is no news
+            small = budget // 2 >= 0.9 * limits.max_streams
+            logger.log(
+                logging.DEBUG if small else logging.INFO,
                 "file descriptor limit allows %d streams, not %d: --max-streams lowered",
                 budget // 2, limits.max_streams,
             )  # fmt: skip
@@ -202,11 +211,21 @@ class MediaServer:
                     connection.log_id, limits.stop_seconds,
                 )  # fmt: skip
                 limits.stop(task)
-        await closed
+        await asyncio.wait({closed}, timeout=limits.stop_seconds)
+        if not closed.done():  # a handler that swallows its cancellation: stop waiting for it
+            for connection, task in list(self._tasks.items()):
+                if not task.done():
+                    logger.error(
+                        "stream %s: handler ignored its cancellation; abandoning it",
+                        connection.log_id,
+                    )  # fmt: skip
+                    ws = self._sockets.get(connection)
+                    unread = [m for m in ws.inbox if not isinstance(m, InvalidText)] if ws else []
+                    connection.abandon(unread)
         await self.registry.close_all()
         if self.metrics is not None:
             await self.metrics.close()
-        logger.info("server stopped; %d socket(s) served", self.sockets_total)
+        logger.debug("server stopped; %d socket(s) served", self.sockets_total)
 
     async def drain(self) -> None:
         """Refuse new sockets, give live ones ``drain_seconds`` to end, then stop."""
@@ -295,11 +314,9 @@ class MediaServer:
         return None
 
     def _refusal(self) -> str | None:
-        """Why a new socket cannot be taken now, or None. Suspended streams count: each holds
-        its recording open; sockets that have not authenticated hold no stream slot."""
-        max_streams = self.registry.max_streams
-        if max_streams is not None and len(self.registry) >= max_streams:
-            return f"stream limit reached ({max_streams} streams, live or suspended)"
+        """Why a new socket cannot be taken now, or None. The stream limit is applied at
+        ``start`` (closed with 1013), where the id is known: a socket resuming a suspended
+        stream, or taking over a live one, needs no new slot."""
         if self.max_sockets is not None and len(self.connections) >= self.max_sockets:
             return f"socket limit reached ({self.max_sockets} sockets)"
         return None
@@ -313,6 +330,7 @@ class MediaServer:
         task = asyncio.current_task()
         if task is not None:
             self._tasks[connection] = task
+        self._sockets[connection] = ws
         self.sockets_total += 1
         watcher = asyncio.create_task(self._on_socket_closed(ws, connection))
         try:
@@ -337,6 +355,7 @@ class MediaServer:
                 logger.exception("stream %s: finishing the stream failed", connection.log_id)
             finally:
                 self._tasks.pop(connection, None)
+                self._sockets.pop(connection, None)
 
     @staticmethod
     async def _record_inbox(ws: MediaConnection, connection: StreamConnection) -> None:

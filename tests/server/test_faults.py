@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from mediastream import MediaServer, StreamHandler, StreamOptions
 from mediastream.server.websocket import ServerLimits
@@ -388,11 +388,22 @@ async def test_suspended_streams_count_against_the_stream_limit(record_dir: Path
                 await ws.send(frame(plan, 1))
         await asyncio.sleep(0.1)
         assert len(srv.registry) == 5 and not srv.connections
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(ws_url(srv)):
-                pass
-        assert refused.value.response.status_code == 503
-        assert b"stream limit reached (5 streams, live or suspended)" in refused.value.response.body
+        newcomer = plan_call(VOICE[:1600], stream_id="one-too-many")
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start(newcomer))
+            await ws.send(frame(newcomer, 1))
+            assert await closed_code(ws, 2) == 1013
+            assert ws.close_reason == "stream limit reached (5 streams, live or suspended)"
+        # a suspended stream still resumes at the limit: it needs no new slot
+        again = plan_call(VOICE[:1600], stream_id="held-2")
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start(again))
+            await ws.send(frame(again, 2))
+            await ws.send(stop(again))
+            assert await closed_code(ws, 2) == 1000
+        await ended(srv, "held-2")
+    assert not (record_dir / "one-too-many.wav").exists()
+    np.testing.assert_array_equal(wav(record_dir / "held-2.wav")[:, 0], again.expected_pcm()[:320])
 
 
 async def test_unauthenticated_silent_sockets_hold_no_stream_slot(record_dir: Path):

@@ -201,10 +201,11 @@ async def test_limits_cut_off_bad_clients_and_spare_the_others(record_dir: Path)
             await ws.send(json.dumps(healthy.start_frame()).replace("healthy", f"holder-{n}"))
         while len(srv.registry) < 3:
             await asyncio.sleep(0.01)
-        with pytest.raises(InvalidStatus) as refused:
-            await connect(url)
-        assert refused.value.response.status_code == 503
-        assert b"stream limit" in refused.value.response.body
+        async with connect(url) as ws:  # a new stream past the limit: closed at its start
+            await ws.send(json.dumps(healthy.start_frame()).replace("healthy", "one-more"))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd.code == 1013 and "stream limit" in closed.value.rcvd.reason
         for ws in holders:
             await ws.close()
 
