@@ -48,7 +48,7 @@ async def run(frames: int, codec: str) -> dict[str, float]:
         return await original_receive(self, message)
 
     StreamConnection.receive = timed_receive  # type: ignore[method-assign]
-    options = StreamOptions(playback=PlaybackConfig(codec=codec))
+    options = StreamOptions(playback=PlaybackConfig(mode="rtp", codec=codec))
     rate = 16000 if codec == "G722" else 8000
     plan = plan_call(synthesize_speechlike(frames * FRAME_MS / 1000, rate), codec=codec)
     round_trips: list[float] = []

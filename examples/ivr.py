@@ -1,7 +1,7 @@
 """IVR: plays a prompt, cuts it when the caller presses a key, answers with that many beeps.
 
     python examples/ivr.py [--port 8765] [--prompt prompt.wav]
-    mediastream simulate ws://127.0.0.1:8765/ --dtmf 2.5:3 --linger 6 --heard-dir heard
+    mediastream simulate ws://127.0.0.1:8765/ --realtime --dtmf 2.5:3 --linger 6 --heard-dir heard
 
 The prompt is any file soundfile reads (a synthesized voice-like clip if none is given).
 """
@@ -9,11 +9,12 @@ The prompt is any file soundfile reads (a synthesized voice-like clip if none is
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 import numpy as np
 
-from mediastream import StreamHandler, StreamOptions, serve
+from mediastream import MediaServer, StreamHandler, StreamOptions
 from mediastream.playback import Playback, PlaybackConfig
 from mediastream.simulate import synthesize_speechlike
 
@@ -53,6 +54,11 @@ class Ivr(StreamHandler):
         print(f"{self.call.stream_id}: {name} was heard", flush=True)
 
 
+def ready(server: MediaServer) -> None:
+    """Say where to point the simulator (or Telnyx), as ``mediastream serve`` does."""
+    print(f"mediastream: listening on ws://{server.host}:{server.port}/", flush=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -61,4 +67,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     Ivr.prompt_path = args.prompt
-    serve(Ivr, args.host, args.port, options=StreamOptions(playback=PlaybackConfig()))
+    options = StreamOptions(playback=PlaybackConfig(mode="rtp"))  # bidirectionalMode="rtp"
+    server = MediaServer(Ivr, host=args.host, port=args.port, options=options)
+    asyncio.run(server.serve_forever(on_ready=ready))

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 import numpy as np
 
-from mediastream import AudioFrame, StreamHandler, serve
+from mediastream import AudioFrame, MediaServer, StreamHandler
 
 
 def dbfs(samples: np.ndarray) -> float:
@@ -56,10 +57,16 @@ class PrintLevels(StreamHandler):
         print(f"{self.call.stream_id}: stop", flush=True)
 
 
+def ready(server: MediaServer) -> None:
+    """Say where to point the simulator (or Telnyx), as ``mediastream serve`` does."""
+    print(f"mediastream: listening on ws://{server.host}:{server.port}/", flush=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    serve(PrintLevels, args.host, args.port)
+    server = MediaServer(PrintLevels, host=args.host, port=args.port)
+    asyncio.run(server.serve_forever(on_ready=ready))

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mediastream import codecs
+from mediastream.errors import UsageError
 
 FRAME_MS = 20
 BULK_SECONDS = 60
@@ -214,8 +215,10 @@ def main(args: argparse.Namespace) -> int:
     names = [codecs.normalize_encoding(c) for c in (args.codec or ALL_CODECS)]
     unknown = [n for n in names if n not in ALL_CODECS]
     if unknown:
-        print(f"cannot benchmark {unknown}; choose from {list(ALL_CODECS)}", file=sys.stderr)
-        return 2
+        choices = ", ".join(ALL_CODECS)
+        raise UsageError(f"--codec: cannot benchmark {', '.join(unknown)}; choose from {choices}")
+    if not args.seconds > 0:
+        raise UsageError(f"--seconds must be more than 0, not {args.seconds:g}")
     results = measure(names, args.seconds, progress=not args.json)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))

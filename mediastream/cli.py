@@ -5,39 +5,100 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import os
+import socket
 import sys
-from collections.abc import Coroutine, Sequence
+import traceback
+from collections.abc import Awaitable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from mediastream import __version__
+from mediastream.errors import MediaStreamError, UsageError
 from mediastream.handler import StreamHandler, StreamOptions
-from mediastream.server.http import add_http_arguments, http_routes_from_args
+from mediastream.logs import LOG_FORMAT, configure_logging
+from mediastream.server.http import (
+    CALLBACK_PATH,
+    METRICS_PATH,
+    TEXML_PATH,
+    add_http_arguments,
+    check_handler_playback,
+    http_routes_from_args,
+    playback_from_stream,
+)
 from mediastream.server.websocket import DEFAULT_HOST, DEFAULT_PORT, MediaServer, ServerLimits
 from mediastream.telnyx.texml import add_texml_command
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # serve --workers N: every line a worker logs says which worker (process) it comes from
 WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s"
+T = TypeVar("T")
 
 
 def load_handler(spec: str) -> type[StreamHandler]:
-    """``package.module:ClassName`` (or ``path/to/file.py:ClassName``) -> the handler class."""
+    """``package.module:ClassName`` (or ``path/to/file.py:ClassName``) -> the handler class.
+
+    The current directory goes first on ``sys.path``, as ``python -m`` would put it: the
+    console script does not, so ``--handler my_bot:Bot`` next to ``my_bot.py`` failed. Every
+    way this can fail is a ``UsageError`` of one line (the module, the class, where Python
+    looked), since a 25-line traceback from importlib hides the one thing to fix.
+    """
     module_name, sep, class_name = spec.partition(":")
-    if not sep or not class_name:
-        raise SystemExit(f"--handler must look like module:Class, not {spec!r}")
-    if module_name.endswith(".py"):
+    if not sep or not module_name or not class_name:
+        raise UsageError(f"--handler must look like module:Class or path/to/file.py:Class, "
+                         f"not {spec!r}")  # fmt: skip
+    if module_name.endswith(".py") or os.sep in module_name:
         path = Path(module_name).resolve()
-        sys.path.insert(0, str(path.parent))
+        if not path.is_file():
+            raise UsageError(f"--handler {spec}: no such file {str(path)!r}")
+        search = str(path.parent)
         module_name = path.stem
-    module = importlib.import_module(module_name)
+    else:
+        search = os.getcwd()
+    if search in sys.path:
+        sys.path.remove(search)
+    sys.path.insert(0, search)
+    where = f"search path: {', '.join(p or '.' for p in sys.path)}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise UsageError(
+                f"--handler {spec}: cannot find module {module_name!r} (for class "
+                f"{class_name!r}); {where}"
+            ) from None
+        raise UsageError(_import_failure(spec, exc)) from None
+    except (ImportError, SyntaxError) as exc:
+        raise UsageError(_import_failure(spec, exc)) from None
+    origin = getattr(module, "__file__", None) or module_name
     handler = getattr(module, class_name, None)
+    if handler is None:
+        raise UsageError(
+            f"--handler {spec}: module {module_name!r} ({origin}) has no class {class_name!r}; "
+            f"{where}"
+        )
     if not (isinstance(handler, type) and issubclass(handler, StreamHandler)):
-        raise SystemExit(f"{spec!r} is not a StreamHandler subclass")
+        raise UsageError(
+            f"--handler {spec}: {class_name!r} in module {module_name!r} ({origin}) is not a "
+            f"subclass of mediastream.StreamHandler; {where}"
+        )
     return handler
+
+
+def _import_failure(spec: str, exc: ImportError | SyntaxError) -> str:
+    """One line for an error raised while the user's module ran: what, and its file:line."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        place = f"{exc.filename}:{exc.lineno}"
+        detail = f"SyntaxError: {exc.msg}"
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if not
+                  f.filename.startswith("<frozen")]  # fmt: skip
+        place = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        detail = f"{type(exc).__name__}: {exc}"
+    return f"--handler {spec}: importing it failed at {place}: {detail}"
 
 
 # ------------------------------------------------------------------ serve
@@ -46,10 +107,16 @@ def load_handler(spec: str) -> type[StreamHandler]:
 def cmd_serve(args: argparse.Namespace) -> int:
     worker = args.ready_fd is not None  # started by a --workers supervisor
     http = http_routes_from_args(args)  # a bad Telnyx flag fails here, before any worker
+    handler = load_handler(args.handler) if args.handler else StreamHandler  # and before any
+    if args.record_dir and not worker:  # the supervisor probes once for all its workers
+        probe_record_dir(Path(args.record_dir))
     if args.workers > 1 and not worker:
         return _serve_workers(args)
-    handler = load_handler(args.handler) if args.handler else StreamHandler
+    # one setting: the flags that write /texml's bidirectional attributes drive the players too
+    playback = playback_from_stream(http.stream)
+    check_handler_playback(handler, playback)
     options = StreamOptions(
+        playback=playback,
         record_dir=Path(args.record_dir) if args.record_dir else None,
         reorder_depth=args.reorder_depth,
         resume_grace_seconds=args.resume_grace,
@@ -81,7 +148,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics=not args.no_metrics,
     )
 
+    listening = False
+
     def ready(srv: MediaServer) -> None:
+        nonlocal listening
+        listening = True
         print(_ready_line(srv.host, srv.port, options.record_dir), flush=True)
 
     on_ready = ready
@@ -89,8 +160,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from mediastream.server.workers import worker_ready
 
         on_ready = worker_ready(args.ready_fd, args.lifeline_fd)  # the supervisor prints it
-    run_event_loop(server.serve_forever(on_ready=on_ready), args.loop)
+    try:
+        run_event_loop(server.serve_forever(on_ready=on_ready), args.loop)
+    except OSError as exc:
+        if listening or worker:  # after start-up an OSError is not the user's flag
+            raise
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {_os_reason(exc)}") from None
     return 0
+
+
+def probe_record_dir(record_dir: Path) -> None:
+    """Create ``record_dir`` and write and remove a file in it, so a bad one fails at start-up.
+
+    Without this, a typo or a read-only mount shows only when the first call arrives, as a
+    recording error in the log while the server looks healthy.
+    """
+    probe = record_dir / f".mediastream-probe-{os.getpid()}"
+    try:
+        record_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except FileExistsError:
+        raise UsageError(f"--record-dir {record_dir}: exists and is not a directory") from None
+    except OSError as exc:
+        raise UsageError(
+            f"--record-dir {record_dir}: cannot create or write it: {_os_reason(exc)}"
+        ) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    """The plain reason ("Address already in use"): asyncio wraps it in its own sentence."""
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 def run_event_loop(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
@@ -99,7 +203,7 @@ def run_event_loop(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> No
         try:
             import uvloop
         except ImportError:
-            raise SystemExit(
+            raise UsageError(
                 "--loop uvloop needs uvloop: pip install 'mediastream[uvloop]'"
             ) from None
         uvloop.run(main)
@@ -130,8 +234,9 @@ def _serve_workers(args: argparse.Namespace) -> int:
             port=args.port,
             on_ready=ready,
         )
-    except OSError as exc:  # the port is taken, the host unknown ...
-        raise SystemExit(f"mediastream serve: {exc}") from None
+    except OSError as exc:  # the port is taken, the host unknown ... (already worded)
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {_os_reason(cause)}") from None
 
 
 # ------------------------------------------------------------------ demo
@@ -165,7 +270,8 @@ async def _demo(record_dir: Path, codec: str, seconds: float, realtime: bool) ->
 
 def cmd_demo(args: argparse.Namespace) -> int:
     record_dir = Path(args.record_dir)
-    record_dir.mkdir(parents=True, exist_ok=True)
+    probe_record_dir(record_dir)
+    _codec_rate("--codec", args.codec, 16000)
     return asyncio.run(_demo(record_dir, args.codec, args.seconds, args.realtime))
 
 
@@ -173,39 +279,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    import soundfile
-
     from mediastream.simulate import (
         DEFAULT_SHUFFLE_WINDOW,
         FarEndConfig,
-        codec_rate,
         load_audio,
         simulate,
         synthesize_speechlike,
     )
 
-    rate = codec_rate(args.codec, args.l16_rate)
+    check_ws_url(args.url)
+    rate = _codec_rate("--codec", args.codec, args.l16_rate)
+    if args.playback_mode == "rtp":
+        _codec_rate("--playback-codec", args.playback_codec, args.playback_rate, encode=False)
     audio = load_audio(args.audio, rate) if args.audio else synthesize_speechlike(3.0, rate)
     tracks = ("inbound", "outbound") if args.track == "both" else (args.track,)
     far_end = FarEndConfig(args.playback_mode, args.playback_codec, args.playback_rate)
     dtmf = [_parse_dtmf(spec) for spec in args.dtmf]
-    results = await simulate(
+    results = await _connected(
         args.url,
-        audio,
-        calls=args.calls,
-        realtime=args.realtime,
-        stagger=args.stagger,
-        codec=args.codec,
-        sample_rate=rate,
-        tracks=tracks,
-        stream_id=args.stream_id,
-        shuffle_window=DEFAULT_SHUFFLE_WINDOW if args.shuffle else 0,
-        drop_rate=args.drop_rate,
-        seed=args.seed,
-        send_stop=not args.no_stop,
-        far_end=far_end,
-        dtmf=dtmf,
-        linger=args.linger,
+        simulate(
+            args.url,
+            audio,
+            calls=args.calls,
+            realtime=args.realtime,
+            stagger=args.stagger,
+            codec=args.codec,
+            sample_rate=rate,
+            tracks=tracks,
+            stream_id=args.stream_id,
+            shuffle_window=DEFAULT_SHUFFLE_WINDOW if args.shuffle else 0,
+            drop_rate=args.drop_rate,
+            seed=args.seed,
+            send_stop=not args.no_stop,
+            far_end=far_end,
+            dtmf=dtmf,
+            linger=args.linger,
+        ),
     )
     failed = 0
     for result in results:
@@ -224,7 +333,7 @@ async def _simulate(args: argparse.Namespace) -> int:
             if args.heard_dir:
                 path = Path(args.heard_dir) / f"{plan.stream_id}.heard.wav"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                soundfile.write(path, heard.heard_audio(), heard.rate_of_heard(), subtype="PCM_16")
+                heard.write_heard(path)  # on the call's clock: lines up with the recording
                 line += f"; written to {path}"
             print(line)
     return 1 if failed else 0
@@ -232,9 +341,47 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 def _parse_dtmf(spec: str) -> tuple[float, str]:
     at, sep, digit = spec.partition(":")
-    if not sep or not digit:
-        raise SystemExit(f"--dtmf takes SECONDS:DIGIT, not {spec!r}")
-    return float(at), digit
+    try:
+        seconds = float(at)
+    except ValueError:
+        seconds = -1.0
+    if not sep or not digit or not seconds >= 0:
+        raise UsageError(f"--dtmf takes SECONDS:DIGIT, not {spec!r}")
+    return seconds, digit
+
+
+def _codec_rate(flag: str, codec: str, rate: int, *, encode: bool = True) -> int:
+    """The codec's PCM rate, checking it works here (encodes, or decodes): else a UsageError."""
+    from mediastream import codecs
+    from mediastream.errors import UnsupportedCodecError
+    from mediastream.simulate import codec_rate
+
+    try:
+        if encode:
+            codecs.encoder(codec, rate)
+            return codec_rate(codec, rate)
+        return codecs.decoder(codec, rate).sample_rate
+    except (UnsupportedCodecError, ValueError) as exc:
+        raise UsageError(f"{flag} {codec}: {exc}") from None
+
+
+def check_ws_url(url: str) -> None:
+    """A ``ws://`` or ``wss://`` URL with a host, else a ``UsageError`` saying so."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise UsageError(f"URL must look like ws://HOST:PORT/PATH or wss://..., not {url!r}")
+
+
+async def _connected(url: str, work: Awaitable[T]) -> T:
+    """Await ``work``, turning "no server there" (refused, unknown host, timeout, an HTTP
+    refusal of the upgrade) into one line: the user's URL or server, not a bug of ours."""
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+
+    try:
+        return await work
+    except (OSError, InvalidHandshake, InvalidURI) as exc:
+        reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise UsageError(f"cannot connect to {url}: {reason}") from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -247,7 +394,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from mediastream.replay import replay_files
 
-    results = asyncio.run(replay_files(args.files, args.url, fast=args.fast))
+    urls = [f for f in args.files if f.startswith(("ws://", "wss://"))]
+    if urls and not args.url.startswith(("ws://", "wss://")):
+        raise UsageError(f"replay takes FILE... URL, the URL last; got {urls[0]!r} first")
+    check_ws_url(args.url)
+
+    results = asyncio.run(_connected(args.url, replay_files(args.files, args.url, fast=args.fast)))
     for path, sent, code in results:
         note = f", closed by server with code {code}" if code not in (None, 1000) else ""
         print(f"{path}: {sent} frames replayed{note}")
@@ -266,34 +418,115 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric flag, checked after parsing (``main``).
+
+    Checked there, not by an argparse ``type``, so a value out of range is one line like every
+    other user error instead of the whole usage followed by the message.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False  # ``low`` itself is not allowed
+
+    def check(self, flag: str, value: float | None) -> None:
+        if value is None:
+            return
+        low_ok = self.low is None or (value > self.low if self.above else value >= self.low)
+        if not (low_ok and (self.high is None or value <= self.high)):  # NaN fails too
+            raise UsageError(f"{flag} must be {self}, not {value:g}")
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"from {self.low:g} to {self.high:g}"
+        if self.low is not None:
+            return f"{'more than' if self.above else 'at least'} {self.low:g}"
+        return f"at most {self.high:g}"
+
+
+POSITIVE = Range(0, above=True)
+NOT_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Every ``Range`` the chosen command declared (``set_defaults(ranges=...)``)."""
+    for flag, allowed in getattr(args, "ranges", {}).items():
+        allowed.check(flag, getattr(args, flag.lstrip("-").replace("-", "_")))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the form of every other one: ``mediastream: error: ...``.
+
+    Each subcommand's parser is one of these too, so a bad flag after ``serve`` prints the
+    usage of ``serve``, then the error line with a pointer to that command's ``--help``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"mediastream: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=LOG_LEVELS,
+        help="least severe log records shown, on stderr (default: info)",
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="mediastream",
         description="Receive live phone-call audio from Telnyx media streaming over WebSocket.",
+        epilog="--log-level may also follow the command: mediastream serve --log-level debug",
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_log_level(parser, "info")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "serve",
         help="run the media server",
-        description="Accept carrier WebSocket streams on any path (plus GET /healthz), decode "
-        "their audio and hand it to a handler; optionally record every stream to WAV. "
-        "Stops cleanly on Ctrl-C or SIGTERM, finishing every recording.",
+        description=f"Accept carrier WebSocket streams on any path, decode their audio and "
+        f"hand it to a handler; optionally record every stream to WAV. Plain HTTP on the same "
+        f"port: GET /healthz (liveness and stream counts), GET {METRICS_PATH} (Prometheus; "
+        f"off with --no-metrics), GET or POST {TEXML_PATH} (TeXML that streams a call here) "
+        f"and POST {CALLBACK_PATH} (Telnyx stream status callbacks). Stops cleanly on Ctrl-C "
+        f"or SIGTERM, finishing every recording.",
     )
-    p.add_argument("--host", default=DEFAULT_HOST, help="listen address (default %(default)s)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
-    p.add_argument("--record-dir", metavar="DIR", help="write DIR/<stream_id>.wav per stream")
+    p.add_argument("--host", default=DEFAULT_HOST, help="listen address (default: %(default)s)")
     p.add_argument(
-        "--handler", metavar="module:Class", help="your StreamHandler subclass to run per stream"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port; 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--record-dir",
+        metavar="DIR",
+        help="write DIR/<stream_id>.wav per stream; DIR is created and test-written at "
+        "start-up (default: no recording)",
+    )
+    p.add_argument(
+        "--handler",
+        metavar="module:Class",
+        help="your StreamHandler subclass, one instance per stream: module:Class (found from "
+        "the current directory first) or path/to/file.py:Class (default: none, audio is only "
+        "recorded)",
     )
     p.add_argument(
         "--reorder-depth",
         type=int,
         default=8,
-        help="frames held to reorder before a missing one counts as lost (default %(default)s)",
+        metavar="FRAMES",
+        help="frames held to reorder before a missing one counts as lost (default: "
+        "%(default)s frames)",
     )
     limits = ServerLimits()
     stream_defaults = StreamOptions()
@@ -301,28 +534,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-token",
         metavar="TOKEN",
         help="require this x-telnyx-streaming-auth-token (header or connected frame); "
-        "also read from $MEDIASTREAM_AUTH_TOKEN, which keeps it out of the process list",
+        "also read from $MEDIASTREAM_AUTH_TOKEN, which keeps it out of the process list "
+        "(default: none, no token required)",
     )
     p.add_argument(
         "--resume-grace",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="a stream whose socket closed without stop may resume this long (%(default)s)",
+        help="a stream whose socket closed without stop may resume this long (default: "
+        "%(default)s s)",
     )
-    p.add_argument("--capture-dir", metavar="DIR", help="write raw inbound frames as JSON lines")
+    p.add_argument(
+        "--capture-dir",
+        metavar="DIR",
+        help="write raw inbound frames as JSON lines, for mediastream replay (default: none)",
+    )
     p.add_argument(
         "--max-frame-bytes",
         type=int,
         default=limits.max_frame_bytes,
-        help="largest frame accepted; bigger closes the socket with 1009 (%(default)s)",
+        metavar="BYTES",
+        help="largest frame accepted; bigger closes the socket with 1009 (default: "
+        "%(default)s bytes)",
     )
     p.add_argument(
         "--max-streams",
         type=int,
         default=limits.max_streams,
-        help="streams at most, live or suspended (waiting for a reconnect); more are refused "
-        "with HTTP 503; lowered to what the file descriptor limit allows (%(default)s)",
+        metavar="N",
+        help="streams at most, live or suspended (waiting for a reconnect); the start of a "
+        "new one past it is closed with 1013; lowered to what the file descriptor limit "
+        "allows (default: "
+        "%(default)s)",
     )
     p.add_argument(
         "--auth-timeout",
@@ -330,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.auth_seconds,
         metavar="SECONDS",
         help="with --auth-token and no token header, the first frame must carry it by then "
-        "(%(default)s)",
+        "(default: %(default)s s)",
     )
     p.add_argument(
         "--max-gap-seconds",
@@ -338,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=stream_defaults.max_gap_seconds,
         metavar="SECONDS",
         help="a counter jump or first timestamp beyond this restarts the timeline instead of "
-        "filling silence (%(default)s)",
+        "filling silence (default: %(default)s s)",
     )
     p.add_argument(
         "--max-backlog-seconds",
@@ -346,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=stream_defaults.max_backlog_seconds,
         metavar="SECONDS",
         help="audio per recording kept in memory while the disk refuses writes; more is "
-        "counted and logged as lost (%(default)s)",
+        "counted and logged as lost (default: %(default)s s)",
     )
     p.add_argument(
         "--takeover-seconds",
@@ -354,21 +598,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=stream_defaults.takeover_seconds,
         metavar="SECONDS",
         help="a second socket for a live stream id takes over once the first is closed or "
-        "silent this long; refused if the first keeps sending (%(default)s)",
+        "silent this long; refused if the first keeps sending (default: %(default)s s)",
     )
     p.add_argument(
         "--handshake-timeout",
         type=float,
         default=limits.handshake_seconds,
         metavar="SECONDS",
-        help="time for a client to complete the WebSocket handshake (%(default)s)",
+        help="time for a client to complete the WebSocket handshake (default: %(default)s s)",
     )
     p.add_argument(
         "--idle-timeout",
         type=float,
         default=limits.idle_seconds,
         metavar="SECONDS",
-        help="close a socket that sends nothing this long, finishing its stream (%(default)s)",
+        help="close a socket that sends nothing this long, finishing its stream (default: "
+        "%(default)s s)",
     )
     p.add_argument(
         "--ping-interval",
@@ -376,38 +621,59 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.ping_interval,
         metavar="SECONDS",
         help="keepalive ping period and timeout, to detect half-open sockets; 0 disables "
-        "(%(default)s)",
+        "(default: %(default)s s)",
     )
     p.add_argument(
         "--drain-seconds",
         type=float,
         default=limits.drain_seconds,
+        metavar="SECONDS",
         help="on SIGTERM, time live streams (and handler methods) get to finish before they "
-        "are closed (and cancelled) (%(default)s)",
+        "are closed (and cancelled) (default: %(default)s s)",
     )
     p.add_argument(
         "--loop",
         default="asyncio",
         choices=["asyncio", "uvloop"],
-        help="event loop: asyncio or uvloop (extra [uvloop]) (%(default)s)",
+        help="event loop: asyncio or uvloop (extra [uvloop]) (default: %(default)s)",
     )
     p.add_argument(
         "--no-metrics",
         action="store_true",
-        help="do not serve GET /metrics (Prometheus; summed over workers with --workers N)",
+        help=f"do not serve GET {METRICS_PATH} (Prometheus; summed over workers with "
+        "--workers N) (default: served)",
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=int,
         default=1,
         metavar="N",
         help="worker processes sharing the port (SO_REUSEPORT, Linux); a supervisor restarts "
-        "any that dies and drains them all on SIGTERM (%(default)s: one process, no supervisor)",
+        "any that dies and drains them all on SIGTERM (default: %(default)s, one process and "
+        "no supervisor)",
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     p.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     add_http_arguments(p)
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(
+        func=cmd_serve,
+        ranges={
+            "--port": Range(0, 65535),
+            "--reorder-depth": NOT_NEGATIVE,
+            "--resume-grace": NOT_NEGATIVE,
+            "--max-frame-bytes": AT_LEAST_ONE,
+            "--max-streams": AT_LEAST_ONE,
+            "--auth-timeout": POSITIVE,
+            "--max-gap-seconds": POSITIVE,
+            "--max-backlog-seconds": NOT_NEGATIVE,
+            "--takeover-seconds": NOT_NEGATIVE,
+            "--handshake-timeout": POSITIVE,
+            "--idle-timeout": POSITIVE,
+            "--ping-interval": NOT_NEGATIVE,
+            "--drain-seconds": NOT_NEGATIVE,
+            "--workers": AT_LEAST_ONE,
+        },
+    )
 
     p = sub.add_parser(
         "demo",
@@ -415,11 +681,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a server on a free local port, send it one simulated call and "
         "print the path and length of the WAV it recorded.",
     )
-    p.add_argument("--record-dir", default="recordings", help="where the WAV goes (%(default)s)")
-    p.add_argument("--codec", default="PCMU", help="codec of the simulated call (%(default)s)")
-    p.add_argument("--seconds", type=float, default=3.0, help="length of the call (%(default)s)")
-    p.add_argument("--realtime", action="store_true", help="pace frames in real time")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument(
+        "--record-dir",
+        default="recordings",
+        metavar="DIR",
+        help="where the WAV goes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--codec", default="PCMU", help="codec of the simulated call (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="length of the call (default: %(default)s s)",
+    )
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace frames in real time (default: as fast as possible)",
+    )
+    p.set_defaults(func=cmd_demo, ranges={"--seconds": POSITIVE})
 
     p = sub.add_parser(
         "simulate",
@@ -428,36 +711,119 @@ def build_parser() -> argparse.ArgumentParser:
         "from an audio file (any format and rate soundfile reads).",
     )
     p.add_argument("url", help="server WebSocket URL, e.g. ws://127.0.0.1:8765/stream")
-    p.add_argument("--audio", metavar="FILE", help="audio to send (default: a synthesized voice)")
-    p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or L16 (%(default)s)")
-    p.add_argument("--l16-rate", type=int, default=16000, help="L16 sample rate (%(default)s)")
-    p.add_argument("--track", default="inbound", choices=["inbound", "outbound", "both"])
-    p.add_argument("--calls", type=int, default=1, help="concurrent calls (%(default)s)")
+    p.add_argument(
+        "--audio",
+        metavar="FILE",
+        help="audio to send, any format and rate soundfile reads (default: 3 s of a "
+        "synthesized voice)",
+    )
+    p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or L16 (default: %(default)s)")
+    p.add_argument(
+        "--l16-rate",
+        type=int,
+        default=16000,
+        metavar="HZ",
+        help="L16 sample rate (default: %(default)s Hz)",
+    )
+    p.add_argument(
+        "--track",
+        default="inbound",
+        choices=["inbound", "outbound", "both"],
+        help="track(s) to send (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calls", type=int, default=1, metavar="N", help="concurrent calls (default: %(default)s)"
+    )
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--realtime", action="store_true", help="one frame per 20 ms per track")
-    pace.add_argument("--fast", action="store_true", help="as fast as possible (default)")
-    p.add_argument("--stagger", type=float, default=0.0, help="seconds between call starts")
-    p.add_argument("--shuffle", action="store_true", help="reorder frames within small windows")
-    p.add_argument("--drop-rate", type=float, default=0.0, help="fraction of frames to drop")
-    p.add_argument("--seed", type=int, default=0, help="seed for shuffle and drops")
-    p.add_argument("--stream-id", help="stream id (with --calls N: ID-1 .. ID-N)")
-    p.add_argument("--no-stop", action="store_true", help="close the socket without a stop frame")
+    pace.add_argument(
+        "--realtime",
+        action="store_true",
+        help="one frame per 20 ms per track (default: off, see --fast)",
+    )
+    pace.add_argument("--fast", action="store_true", help="as fast as possible (the default)")
+    p.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="time between call starts (default: %(default)s s)",
+    )
+    p.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="reorder frames within small windows (default: in order)",
+    )
+    p.add_argument(
+        "--drop-rate",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of frames to drop, 0 to 1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for shuffle and drops (default: %(default)s)"
+    )
+    p.add_argument(
+        "--stream-id",
+        metavar="ID",
+        help="stream id, with --calls N: ID-1 .. ID-N (default: a random UUID per call)",
+    )
+    p.add_argument(
+        "--no-stop",
+        action="store_true",
+        help="close the socket without a stop frame (default: send stop)",
+    )
     far = p.add_argument_group(
         "far end (bidirectional)",
         "what the simulated carrier does with audio the server sends back: plays it in real "
         "time, echoes marks when the audio before them has played, honours clear",
     )
-    far.add_argument("--playback-mode", default="rtp", choices=["rtp", "mp3"])
-    far.add_argument("--playback-codec", default="PCMU", help="bidirectionalCodec (%(default)s)")
-    far.add_argument("--playback-rate", type=int, default=8000, help="its rate (%(default)s)")
+    far.add_argument(
+        "--playback-mode",
+        default="auto",
+        choices=["auto", "rtp", "mp3"],
+        help="bidirectionalMode the server sends in; auto: MP3 if the first media is an MP3 "
+        "file, else RTP in --playback-codec (default: %(default)s)",
+    )
+    far.add_argument(
+        "--playback-codec",
+        default="PCMU",
+        metavar="CODEC",
+        help="bidirectionalCodec (default: %(default)s)",
+    )
+    far.add_argument(
+        "--playback-rate",
+        type=int,
+        default=8000,
+        metavar="HZ",
+        help="bidirectionalSamplingRate (default: %(default)s Hz)",
+    )
     far.add_argument("--heard-dir", metavar="DIR", help="write what the caller heard as WAV")
     far.add_argument(
-        "--dtmf", action="append", default=[], metavar="SECONDS:DIGIT", help="press a key"
+        "--dtmf",
+        action="append",
+        default=[],
+        metavar="SECONDS:DIGIT",
+        help="press DIGIT that long into the call; repeatable (default: no keys)",
     )
     far.add_argument(
-        "--linger", type=float, default=1.0, help="seconds to stay after the audio (%(default)s)"
+        "--linger",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="time to stay after the audio, before stop (default: %(default)s s)",
     )
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(
+        func=cmd_simulate,
+        ranges={
+            "--l16-rate": AT_LEAST_ONE,
+            "--calls": AT_LEAST_ONE,
+            "--stagger": NOT_NEGATIVE,
+            "--drop-rate": Range(0, 1),
+            "--playback-rate": AT_LEAST_ONE,
+            "--linger": NOT_NEGATIVE,
+        },
+    )
 
     p = sub.add_parser(
         "replay",
@@ -466,8 +832,12 @@ def build_parser() -> argparse.ArgumentParser:
         "file, in the order given), with the original timing or as fast as possible.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture file(s), .jsonl")
-    p.add_argument("url", help="server WebSocket URL")
-    p.add_argument("--fast", action="store_true", help="ignore the original timing")
+    p.add_argument("url", help="server WebSocket URL, after the files")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="ignore the original timing (default: keep it)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
@@ -476,30 +846,68 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time decode and encode of 20 ms frames for each codec, side by side with "
         "every installed anchor (audioop, the G722 package, PyAV), and print the ratios.",
     )
-    p.add_argument("--codec", action="append", help="codec to measure (repeatable; default all)")
-    p.add_argument("--seconds", type=float, default=1.0, help="time per measurement (%(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_bench)
+    p.add_argument(
+        "--codec",
+        action="append",
+        help="codec to measure; repeatable (default: all of PCMU, PCMA, G722)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="time per measurement (default: %(default)s s)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (default: a table)"
+    )
+    p.set_defaults(func=cmd_bench, ranges={"--seconds": POSITIVE})
 
-    add_texml_command(sub)
+    p = add_texml_command(sub)
+    p.set_defaults(func=cmd_texml)
+    for command in sub.choices.values():
+        _add_log_level(command, argparse.SUPPRESS)  # keeps the value given before the command
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def cmd_texml(args: argparse.Namespace) -> int:
+    """``texml``: print the document; a bad value is a ``TexmlError``, printed by ``main``."""
+    from mediastream.telnyx.texml import stream_from_args, stream_texml
+
+    if args.verb != "stop" and not args.stream_url:
+        raise UsageError(f"texml --verb {args.verb}: --url is required (the ws:// or wss:// "
+                         "address Telnyx streams the call to)")  # fmt: skip
+    print(stream_texml(stream_from_args(args), args.verb, pause=args.pause), end="")
+    return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line, as the ``mediastream: error:`` rule wants."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parse, run the command; every expected user error ends here as one line, exit 2.
+
+    The rule: such errors are ``MediaStreamError`` subclasses (``UsageError`` for flags,
+    ``InputFileError`` for files, ``TexmlError``, ``UnsupportedCodecError`` ...), raised
+    anywhere below and printed by this one handler; anything else is a bug and keeps its
+    traceback.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse would blame the top-level parser; the command's usage helps more
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for serve --workers N
     worker = getattr(args, "ready_fd", None) is not None
-    logging.basicConfig(
-        level=args.log_level.upper(), format=WORKER_LOG_FORMAT if worker else LOG_FORMAT
-    )
-    return int(args.func(args) or 0)
+    try:
+        check_ranges(args)
+        configure_logging(args.log_level, WORKER_LOG_FORMAT if worker else LOG_FORMAT)
+        return int(args.func(args) or 0)
+    except MediaStreamError as exc:
+        print(f"mediastream: error: {one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,3 +31,31 @@ class SessionError(MediaStreamError):
         self.stream_id = stream_id
         prefix = f"stream {stream_id}: " if stream_id else ""
         super().__init__(prefix + message)
+
+
+class UsageError(MediaStreamError, ValueError):
+    """A command-line value the user can fix: printed as one line, exit status 2, no traceback.
+
+    The CLI's rule: every expected user error (a bad flag, a missing file, a port in use, a bad
+    handler) is a ``MediaStreamError``, and ``mediastream.cli.main`` alone prints it.
+    """
+
+
+class InputFileError(MediaStreamError):
+    """A file given to a tool is missing, unreadable, or not in the format the tool reads."""
+
+
+class SocketClosed(MediaStreamError):
+    """A send on a stream's socket that is already closed. Transports raise it (not their
+    library's own exception) so that playback can tell a hang-up (``normal``: a close code of
+    1000 or 1001, the carrier ending the stream) from a failure worth an error line."""
+
+    def __init__(self, message: str, *, normal: bool) -> None:
+        super().__init__(message)
+        self.normal = normal
+
+
+def install_hint(extra: str) -> str:
+    """How to install an optional extra, for error messages: from a clone (how this project
+    is installed, see the README) and from a package index."""
+    return f"pip install -e '.[{extra}]' in a clone (else pip install 'mediastream[{extra}]')"

@@ -55,3 +55,36 @@ def escape(text: object) -> str:
     if _UNSAFE.search(value) is None:  # the usual id: nothing to do
         return value
     return _UNSAFE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
+
+
+# websockets logs "server listening", "connection open", "connection closed" at INFO for every
+# socket: at our default level they would double every call's lines (we log its start and end)
+QUIET_BELOW_WARNING = ("websockets.",)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class QuietLibraries(logging.Filter):
+    """Drops the INFO chatter of ``QUIET_BELOW_WARNING`` loggers; their warnings still pass.
+
+    A filter on our console handler, not a level on their loggers: other handlers (pytest's
+    ``caplog``, an application's own) still see every record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(QUIET_BELOW_WARNING)
+
+
+def configure_logging(level: str | int = "info", fmt: str = LOG_FORMAT) -> None:
+    """Log to stderr at ``level``: at ``info``, one line per stream start and end, and warnings.
+
+    Below ``debug``, websockets' own INFO lines are left out (``QuietLibraries``); ``debug``
+    shows everything (handshakes, per-socket lines). Like ``logging.basicConfig``, does nothing
+    if the root logger has handlers already. For any entry point that owns the process's
+    logging: the CLI, or a script that runs uvicorn.
+    """
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    if numeric > logging.DEBUG:
+        handler.addFilter(QuietLibraries())
+    logging.basicConfig(level=numeric, handlers=[handler])

@@ -23,14 +23,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import soundfile
 
 from mediastream import codecs
-from mediastream.errors import MediaStreamError
+from mediastream.errors import MediaStreamError, SocketClosed
 from mediastream.protocol.dialects import TELNYX_OUTBOUND, Outbound
 from mediastream.resample import StreamResampler
 
@@ -45,15 +45,29 @@ class PlaybackError(MediaStreamError):
     """Audio could not be sent (the socket stopped draining, or the stream ended)."""
 
 
+class PlaybackStopped(PlaybackError):
+    """The socket closed under a playback: the caller hung up, or the carrier ended the
+    stream. Not a failure: pending playbacks report False (as when the stream ends), and it is
+    logged at DEBUG (a normal close) or INFO (an abrupt one), never as an error."""
+
+    def __init__(self, message: str, *, normal: bool) -> None:
+        super().__init__(message)
+        self.normal = normal
+
+
 @dataclass
 class PlaybackConfig:
     """How audio goes back to the carrier; mirrors the ``<Stream>`` bidirectional attributes.
 
     The start frame does not say which playback codec was requested, so the application
-    declares it here (server-wide in ``StreamOptions``, or per handler as ``playback``).
+    declares it here (server-wide in ``StreamOptions``, or per handler as ``playback``). The
+    defaults are Telnyx's (``bidirectionalMode`` mp3, PCMU, 8000 Hz): a server that asks the
+    carrier for nothing sends what the carrier then expects. ``serve`` builds this from the
+    same flags that write the TeXML (``server.http.playback_from_stream``). Twilio plays only
+    μ-law at 8 kHz, so a Twilio stream in mp3 mode gets that instead (see ``Player``).
     """
 
-    mode: Literal["rtp", "mp3"] = "rtp"
+    mode: Literal["rtp", "mp3"] = "mp3"  # bidirectionalMode
     codec: str = "PCMU"  # bidirectionalCodec
     sample_rate: int = 8000  # bidirectionalSamplingRate (L16/OPUS); G.711 is 8000, G.722 16000
     chunk_ms: int = 20
@@ -131,7 +145,11 @@ class Player:
         on_failure: Callable[[PlaybackError], Awaitable[None]] | None = None,
         outbound: Outbound = TELNYX_OUTBOUND,
     ) -> None:
-        self.config = config or PlaybackConfig()
+        config = config or PlaybackConfig()
+        if outbound.stream_sid is not None and config.mode == "mp3":
+            # Twilio has no MP3 mode: it plays audio/x-mulaw at 8 kHz, whatever Telnyx defaults to
+            config = replace(config, mode="rtp", codec="PCMU", sample_rate=8000)
+        self.config = config
         self._outbound = outbound  # the stream's dialect: Twilio needs its streamSid on each frame
         self._on_failure = on_failure
         self.stream_id = stream_id
@@ -218,6 +236,9 @@ class Player:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
+        self._resolve_unfinished()
+
+    def _resolve_unfinished(self) -> None:
         for item in self._queue:
             if item.playback is not None:
                 item.playback._resolve(False, 0.0)
@@ -286,6 +307,14 @@ class Player:
     async def _send(self, text: str) -> None:
         try:
             await asyncio.wait_for(self._send_text(text), self.config.send_timeout)
+        except SocketClosed as exc:
+            stopped = PlaybackStopped(
+                f"stream {self.stream_id}: socket closed during playback ({exc})",
+                normal=exc.normal,
+            )
+            self._failed = stopped  # a later play() says why nothing can be sent
+            self._resolve_unfinished()
+            raise stopped from exc
         except TimeoutError as exc:
             error = PlaybackError(
                 f"stream {self.stream_id}: socket did not take a frame within "
@@ -321,6 +350,8 @@ class Player:
                     continue
                 item = self._queue.popleft()
                 await self._send_item(item, self._generation)
+        except PlaybackStopped as exc:  # nothing to close: the socket is gone already
+            logger.log(logging.DEBUG if exc.normal else logging.INFO, "%s", exc)
         except PlaybackError as exc:
             logger.error("%s", exc)
             if self._on_failure is not None:

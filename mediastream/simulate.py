@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import random
@@ -29,6 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from mediastream import codecs
+from mediastream.errors import InputFileError, MediaStreamError
 from mediastream.logs import redacting_logger
 
 FRAME_MS = 20
@@ -37,8 +39,18 @@ TRACK_NAMES = ("inbound", "outbound")
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read an audio file as mono int16 at ``sample_rate`` (mixing channels, resampling)."""
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    """Read an audio file as mono int16 at ``sample_rate`` (mixing channels, resampling).
+
+    A missing or unreadable file is an ``InputFileError`` naming it: libsndfile alone says
+    "System error." for a file that does not exist.
+    """
+    if not Path(path).is_file():
+        raise InputFileError(f"audio file {str(path)!r} does not exist (or is not a file)")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, OSError) as exc:
+        detail = getattr(exc, "error_string", None) or str(exc)
+        raise InputFileError(f"cannot read {str(path)!r} as audio: {detail}") from None
     mono = data.mean(axis=1)
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
@@ -175,11 +187,41 @@ class CallPlan:
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 
 
+class PlaybackMismatchError(MediaStreamError):
+    """The server plays back in another mode than the far end was told to expect.
+
+    A real carrier would play it as noise (or not at all) and say nothing; the simulator says
+    what it got and what it expected, in one line, instead of failing in a decoder.
+    """
+
+
+def looks_like_mp3(payload: bytes) -> bool:
+    """An ID3 tag or a valid MPEG audio frame header: what an MP3 file starts with.
+
+    Checked field by field (version, layer, bitrate, rate) because G.711 silence is 0xFF too.
+    """
+    if payload.startswith(b"ID3"):
+        return True
+    if len(payload) < 4 or payload[0] != 0xFF or payload[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (payload[1] >> 3) & 3, (payload[1] >> 1) & 3
+    bitrate, rate = payload[2] >> 4, (payload[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3
+
+
+def _decode_mp3(payload: bytes) -> tuple[np.ndarray, int] | None:
+    try:
+        pcm, rate = soundfile.read(io.BytesIO(payload), dtype="int16")
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    return (pcm if pcm.ndim == 1 else pcm[:, 0]), rate
+
+
 @dataclass
 class FarEndConfig:
     """How the simulated carrier plays what the server sends back (bidirectional streaming)."""
 
-    mode: str = "rtp"  # rtp | mp3
+    mode: str = "rtp"  # rtp | mp3 | auto (decided by the first media: an MP3 file or not)
     codec: str = "PCMU"
     sample_rate: int = 8000
     mp3_min_interval: float = 1.0
@@ -191,18 +233,22 @@ class FarEnd:
     Audio is "heard" as the playout clock passes over it; a mark is echoed when the audio queued
     before it has played (at once if nothing is queued); ``clear`` drops what was not yet played
     and echoes every queued mark; MP3 messages closer than ``mp3_min_interval`` get the
-    ``rate_limit_reached`` error frame, as the carrier does.
+    ``rate_limit_reached`` error frame, as the carrier does. ``heard_on_call_clock()`` is what
+    the caller heard, placed where it played (``call_start`` is sample 0); ``mismatch`` says
+    why media in another mode than configured could not be played.
     """
 
     def __init__(self, config: FarEndConfig, stream_id: str) -> None:
         self.config = config
         self.stream_id = stream_id
-        self.rate = codec_rate(config.codec, config.sample_rate) if config.mode == "rtp" else 0
-        self._decoder = (
-            codecs.decoder(config.codec, config.sample_rate) if config.mode == "rtp" else None
-        )
+        rtp = config.mode != "mp3"
+        self.rate = codec_rate(config.codec, config.sample_rate) if rtp else 0
+        self._decoder = codecs.decoder(config.codec, config.sample_rate) if rtp else None
         self.segments: list[tuple[float, np.ndarray, int]] = []  # (start time, pcm, rate)
         self.heard: list[np.ndarray] = []
+        self.heard_starts: list[float] = []  # when each piece of ``heard`` began to play
+        self.call_start: float | None = None  # the call's clock: sample 0 of the heard file
+        self.mismatch: str | None = None  # what the server sent that this far end cannot play
         self.media_times: list[float] = []
         self.marks_echoed: list[tuple[str, float]] = []
         self.clears: list[float] = []
@@ -215,23 +261,52 @@ class FarEnd:
         self._sequence = 1000
 
     def on_media(self, payload: bytes, now: float) -> dict[str, object] | None:
-        """Queue received audio; returns an error frame to send back, if any."""
+        """Queue received audio; returns an error frame to send back, if any.
+
+        Audio this far end cannot play in its mode sets ``mismatch`` and is dropped.
+        """
+        if self.mismatch is not None:
+            return None
+        if self.config.mode == "auto":  # like a carrier told either mode: the first media says
+            mp3 = looks_like_mp3(payload) and _decode_mp3(payload) is not None
+            self.config = dataclasses.replace(self.config, mode="mp3" if mp3 else "rtp")
         if self.config.mode == "mp3":
             if self.media_times and now - self.media_times[-1] < self.config.mp3_min_interval:
                 self.errors_sent += 1
                 return self._frame("error", payload={"code": 100005, "title": "rate_limit_reached",
                                                      "detail": "Too many requests"})  # fmt: skip
-            pcm, rate = soundfile.read(io.BytesIO(payload), dtype="int16")
-            pcm = pcm if pcm.ndim == 1 else pcm[:, 0]
+            decoded = _decode_mp3(payload)
+            if decoded is None:
+                self._mismatch(f"{len(payload)}-byte media that is not an MP3 file (raw RTP "
+                               "audio?)", "--playback-mode rtp --playback-codec CODEC")  # fmt: skip
+                return None
+            pcm, rate = decoded
         else:
             assert self._decoder is not None
-            pcm, rate = self._decoder.decode(payload), self.rate
+            if not self.media_times and looks_like_mp3(payload) and _decode_mp3(payload):
+                self._mismatch(f"an MP3 file ({len(payload)} bytes)", "--playback-mode mp3")
+                return None
+            try:
+                pcm, rate = self._decoder.decode(payload), self.rate
+            except Exception as exc:  # L16 of an odd length, say
+                self._mismatch(f"{len(payload)}-byte media it cannot decode ({exc})",
+                               "--playback-codec CODEC")  # fmt: skip
+                return None
         self.media_times.append(now)
         self._heard_rate = rate
         start = max(now, self._playout_end)
         self.segments.append((start, pcm, rate))
         self._playout_end = start + len(pcm) / rate
         return None
+
+    def _mismatch(self, got: str, hint: str) -> None:
+        cfg = self.config
+        expected = "MP3 files" if cfg.mode == "mp3" else f"RTP {cfg.codec} {self.rate} Hz"
+        self.mismatch = (
+            f"stream {self.stream_id}: the server sent {got}, but the far end expects "
+            f"{expected} (--playback-mode {cfg.mode}); try {hint}, or match the server's "
+            "bidirectional setting"
+        )
 
     def on_mark(self, name: str, now: float) -> None:
         self._pending_marks.append((max(now, self._playout_end), name))
@@ -245,6 +320,7 @@ class FarEnd:
             start, pcm, rate = self.segments[0]
             if start < now:
                 self.heard.append(pcm[: int((now - start) * rate)])
+                self.heard_starts.append(start)
         self.heard_at_clear.append(sum(len(p) for p in self.heard))
         self.segments = []
         self._playout_end = now
@@ -259,6 +335,7 @@ class FarEnd:
             if start + len(pcm) / rate > now:
                 break
             self.heard.append(pcm)
+            self.heard_starts.append(start)
             self.segments.pop(0)
         due = [name for t, name in self._pending_marks if t <= now]
         self._pending_marks = [(t, n) for t, n in self._pending_marks if t > now]
@@ -272,7 +349,38 @@ class FarEnd:
         return self.segments[0][2] if self.segments else (self._heard_rate or self.rate or 8000)
 
     def heard_audio(self) -> np.ndarray:
+        """Everything heard, glued together (no silence between playbacks)."""
         return np.concatenate(self.heard) if self.heard else np.zeros(0, dtype=np.int16)
+
+    def heard_on_call_clock(self) -> np.ndarray:
+        """What the caller heard on the call's clock: sample 0 is the call's start (the first
+        inbound frame, where its recording starts too), silence where nothing played.
+
+        So a reply's response time is where it begins in this file, and the file lines up
+        with the recording. It ends with the last sample heard.
+        """
+        rate = self.rate_of_heard()
+        origin = (
+            self.call_start if self.call_start is not None else min(self.heard_starts, default=0)
+        )
+        out: list[np.ndarray] = []
+        end = 0  # samples placed so far
+        for start, pcm in zip(self.heard_starts, self.heard, strict=True):
+            at = max(0, round((start - origin) * rate))
+            if abs(at - end) <= 1 or at < end:  # back to back (or rounding): no gap, no overlap
+                at = end
+            if at > end:
+                out.append(np.zeros(at - end, dtype=np.int16))
+            out.append(np.asarray(pcm, dtype=np.int16))
+            end = at + len(pcm)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+
+    def write_heard(self, path: str | Path) -> Path:
+        """Write ``heard_on_call_clock()`` as a 16-bit WAV file; returns its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, self.heard_on_call_clock(), self.rate_of_heard(), subtype="PCM_16")
+        return path
 
     def _echo(self, name: str, now: float) -> dict[str, object]:
         self.marks_echoed.append((name, now))
@@ -349,6 +457,8 @@ async def send_call(
     With ``far_end``, also play what the server sends back as the carrier would (see
     ``FarEnd``); ``linger`` keeps the call open that long after the last media frame (before
     ``stop``) so playback can finish; ``dtmf`` sends digits at given seconds into the call.
+    Playback in another mode than ``far_end`` expects ends the call (with ``stop``) and raises
+    ``PlaybackMismatchError``, whose one-line message says what came and what was expected.
     """
     result = CallResult(plan)
     logger = redacting_logger("mediastream.simulate.websocket")
@@ -363,6 +473,8 @@ async def send_call(
             await ws.send(json.dumps(plan.start_frame()))
             result.frames_sent = 2
             t0 = time.monotonic()
+            if result.far_end is not None:
+                result.far_end.call_start = t0  # media tick n is sent at t0 + n * 20 ms
             media = plan.media_frames()
             for tick, frame in media:
                 if realtime:
@@ -388,6 +500,8 @@ async def send_call(
             marks.cancel()
             if result.far_end is not None:
                 result.far_end.advance(time.monotonic())
+    if result.far_end is not None and result.far_end.mismatch is not None:
+        raise PlaybackMismatchError(result.far_end.mismatch)
     return result
 
 
@@ -407,6 +521,10 @@ async def _collect(ws: ClientConnection, result: CallResult) -> None:
             if event == "media":
                 error = far.on_media(base64.b64decode(frame["media"]["payload"]), now)
                 replies += [error] if error else []
+                if far.mismatch is not None:  # nothing more to hear: end the call now
+                    await ws.send(json.dumps(result.plan.stop_frame(result.frames_sent + 1)))
+                    await ws.close()
+                    return
             elif event == "mark":
                 far.on_mark(frame["mark"]["name"], now)
                 replies += far.advance(now)

@@ -28,6 +28,7 @@ def test_help_explains_every_command():
     assert "--record-dir" in serve_help and "--handler" in serve_help and "healthz" in serve_help
 
 
+@pytest.mark.slow
 def test_demo_prints_a_wav_holding_the_audio_it_sent(tmp_path: Path):
     result = mediastream("--log-level", "warning", "demo", "--record-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -48,6 +49,7 @@ def test_demo_prints_a_wav_holding_the_audio_it_sent(tmp_path: Path):
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.slow
 def test_simulate_command_sends_both_tracks_of_a_file_for_several_calls(tmp_path: Path, loop: str):
     """Also the server on uvloop (``serve --loop uvloop``): the same exact recordings."""
     record_dir = tmp_path / "rec"
@@ -77,6 +79,7 @@ def test_simulate_command_sends_both_tracks_of_a_file_for_several_calls(tmp_path
         np.testing.assert_array_equal(data[:, 1], expected)
 
 
+@pytest.mark.slow
 def test_serve_runs_a_handler_given_as_module_and_class(tmp_path: Path):
     handler_file = tmp_path / "my_bot.py"
     handler_file.write_text(
@@ -97,6 +100,7 @@ def test_serve_runs_a_handler_given_as_module_and_class(tmp_path: Path):
     assert "BOT START h1 {}" in output
 
 
+@pytest.mark.slow
 def test_print_levels_example_prints_per_second_levels():
     with example_server("print_levels.py", stop=signal.SIGINT) as (port, out):
         result = mediastream("simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "lv")
@@ -111,6 +115,7 @@ def test_print_levels_example_prints_per_second_levels():
     np.testing.assert_allclose(levels, expected, atol=0.2)  # G.711 changes the level by < 0.2 dB
 
 
+@pytest.mark.slow
 def test_record_calls_example_records(tmp_path: Path):
     with example_server("record_calls.py", "--dir", str(tmp_path)) as (port, _):
         result = mediastream(
@@ -122,6 +127,7 @@ def test_record_calls_example_records(tmp_path: Path):
     np.testing.assert_array_equal(data, synthesize_speechlike(3.0, 16000))
 
 
+@pytest.mark.slow
 def test_echo_bot_example_against_simulate(tmp_path: Path):
     with example_server("echo_bot.py") as (port, _):
         result = mediastream(
@@ -133,9 +139,15 @@ def test_echo_bot_example_against_simulate(tmp_path: Path):
     payloads = plan_call(synthesize_speechlike(3.0, 8000)).payloads["inbound"]
     sent = np.concatenate([np.frombuffer(audioop.ulaw2lin(p, 2), np.int16) for p in payloads])
     assert rate == 8000
-    np.testing.assert_array_equal(heard, sent)  # G.711 decode -> encode -> decode is exact
+    # the heard file is on the call's clock: the echo starts a few ms in, after silence, and
+    # a frame the echo sent late leaves a gap (silence) where the caller heard nothing
+    start = int(np.flatnonzero(heard)[0]) - int(np.flatnonzero(sent)[0])
+    assert 0 <= start < 800 and start + len(sent) <= len(heard) < start + len(sent) + 4000
+    # G.711 decode -> encode -> decode is exact
+    np.testing.assert_array_equal(heard[heard != 0], sent[sent != 0])
 
 
+@pytest.mark.slow
 def test_ivr_example_cuts_the_prompt_on_a_key(tmp_path: Path):
     with example_server("ivr.py") as (port, out):
         result = mediastream(

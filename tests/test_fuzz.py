@@ -14,6 +14,7 @@ import os
 import warnings
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,6 +90,7 @@ def noisy_call(draw: st.DrawFn) -> tuple[list[bytes], list[str]]:
 
 @given(noisy_call(), st.integers(0, 10))
 @settings(suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 def test_any_order_and_noise_give_the_in_order_audio(
     call: tuple[list[bytes], list[str]], depth: int
 ):
@@ -113,6 +115,7 @@ def test_any_order_and_noise_give_the_in_order_audio(
 
 
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200), junk_json.map(json.dumps)))
+@pytest.mark.slow
 def test_parser_raises_only_protocol_errors(text: str | bytes):
     with contextlib.suppress(ProtocolError):
         parse_frame(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -11,12 +12,25 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import soxr
+from websockets.asyncio.client import connect
 
 from examples.echo_bot import EchoBot
 from mediastream import MediaServer, StreamHandler, StreamOptions, codecs
 from mediastream.playback import Playback, PlaybackConfig, PlaybackError
-from mediastream.simulate import FarEndConfig, plan_call, send_call, synthesize_speechlike
+from mediastream.simulate import (
+    CallPlan,
+    FarEnd,
+    FarEndConfig,
+    plan_call,
+    send_call,
+    synthesize_speechlike,
+)
 from tests.conftest import ws_url
+
+
+def rtp() -> StreamOptions:
+    """RTP PCMU 8000 (``bidirectionalMode="rtp"``); the default is Telnyx's, mp3."""
+    return StreamOptions(playback=PlaybackConfig(mode="rtp"))
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -39,24 +53,83 @@ def one_round(pcm: np.ndarray, codec: str, rate: int) -> np.ndarray:
     )
 
 
+async def call_until_echoed(url: str, plan: CallPlan, config: FarEndConfig) -> FarEnd:
+    """A real-time call whose caller hangs up once it heard the echo of all it said.
+
+    Playback is paced in real time, so every stall of the server (or of this far end) on a
+    loaded machine delays the end of the echo for good: after a fixed linger (``send_call``'s)
+    the ``stop`` could come before the last chunks were sent or played (15360 of 16000
+    samples heard). EchoBot plays each inbound frame as one playback with its own mark, so
+    the echo is complete when the far end has echoed one mark per frame; only then ``stop``.
+    """
+    far = FarEnd(config, plan.stream_id)
+    frames = plan.media_frames()
+
+    async def reply(replies: list[dict[str, object]]) -> None:
+        for frame in replies:
+            await ws.send(json.dumps(frame))
+
+    async def read() -> None:
+        async for message in ws:
+            frame, now = json.loads(message), time.monotonic()
+            replies = far.advance(now)
+            if frame["event"] == "media":
+                error = far.on_media(base64.b64decode(frame["media"]["payload"]), now)
+                replies += [error] if error else []
+            elif frame["event"] == "mark":
+                far.on_mark(frame["mark"]["name"], now)
+                replies += far.advance(now)
+            await reply(replies)
+
+    async def echo_marks() -> None:  # marks fall due between incoming frames too
+        while True:
+            due = far.next_due()
+            if due is None:
+                far.mark_queued.clear()
+                await far.mark_queued.wait()
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await reply(far.advance(time.monotonic()))
+
+    async with connect(url, compression=None) as ws:
+        tasks = [asyncio.create_task(read()), asyncio.create_task(echo_marks())]
+        await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps(plan.start_frame()))
+        t0 = time.monotonic()
+        for tick, frame in frames:
+            await asyncio.sleep(max(0.0, t0 + tick * 0.02 - time.monotonic()))
+            await ws.send(json.dumps(frame))
+        deadline = time.monotonic() + 30  # a lost echo fails the length check, not a hang
+        while len(far.marks_echoed) < len(frames) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await ws.send(json.dumps(plan.stop_frame(len(frames) + 2)))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    far.advance(time.monotonic())
+    return far
+
+
 @pytest.mark.parametrize(
     ("codec", "rate"), [("PCMU", 8000), ("PCMA", 8000), ("G722", 16000), ("L16", 16000)]
 )
+@pytest.mark.slow
 async def test_echo_bot_caller_hears_their_own_audio(codec: str, rate: int):
-    options = StreamOptions(playback=PlaybackConfig(codec=codec, sample_rate=rate))
+    options = StreamOptions(playback=PlaybackConfig(mode="rtp", codec=codec, sample_rate=rate))
     async with MediaServer(EchoBot, port=0, options=options) as srv:
         plan = plan_call(synthesize_speechlike(2.0, rate), codec=codec, sample_rate=rate)
         far = FarEndConfig(codec=codec, sample_rate=rate)
-        result = await send_call(ws_url(srv), plan, realtime=True, linger=0.3, far_end=far)
-    heard = result.far_end.heard_audio()
+        far_end = await call_until_echoed(ws_url(srv), plan, far)
+    heard = far_end.heard_audio()
     expected = one_round(plan.expected_pcm(), codec, rate)
     assert len(heard) == len(expected) == 2 * rate
     np.testing.assert_array_equal(heard, expected)
 
 
+@pytest.mark.slow
 async def test_echo_bot_with_resampling_keeps_30db():
     """The call is 8 kHz PCMU; the bot answers in 16 kHz L16, so its soxr stream resamples."""
-    options = StreamOptions(playback=PlaybackConfig(codec="L16", sample_rate=16000))
+    options = StreamOptions(playback=PlaybackConfig(mode="rtp", codec="L16", sample_rate=16000))
     async with MediaServer(EchoBot, port=0, options=options) as srv:
         plan = plan_call(synthesize_speechlike(2.0, 8000), codec="PCMU")
         far = FarEndConfig(codec="L16", sample_rate=16000)
@@ -100,6 +173,7 @@ def _reset_bot():
     PlayOnStart.errors = []
 
 
+@pytest.mark.slow
 async def test_mp3_mode_plays_whole_files_never_faster_than_once_a_second():
     clip = synthesize_speechlike(2.0, 16000, seed=3)
 
@@ -125,6 +199,7 @@ async def test_mp3_mode_plays_whole_files_never_faster_than_once_a_second():
     assert best_aligned_snr(clip, first, 3000) >= 20
 
 
+@pytest.mark.slow
 async def test_barge_in_cuts_the_prompt_and_reports_what_was_heard():
     prompt = synthesize_speechlike(10.0, 8000)
 
@@ -134,7 +209,7 @@ async def test_barge_in_cuts_the_prompt_and_reports_what_was_heard():
         await bot.watch(0, playback)
 
     PlayOnStart.script = script
-    async with MediaServer(PlayOnStart, port=0, options=StreamOptions()) as srv:
+    async with MediaServer(PlayOnStart, port=0, options=rtp()) as srv:
         plan = plan_call(np.zeros(8000 * 5, np.int16), codec="PCMU")
         result = await send_call(ws_url(srv), plan, realtime=True, linger=0.5,
                                  far_end=FarEndConfig(), dtmf=[(3.0, "1")])  # fmt: skip
@@ -154,6 +229,7 @@ async def test_barge_in_cuts_the_prompt_and_reports_what_was_heard():
     assert len(far_end.heard_audio()) == far_end.heard_at_clear[0] + 1600
 
 
+@pytest.mark.slow
 async def test_marks_report_in_order_and_cleared_ones_report_false():
     clip = synthesize_speechlike(0.3, 8000)
 
@@ -168,7 +244,7 @@ async def test_marks_report_in_order_and_cleared_ones_report_false():
         PlayOnStart.playbacks.extend(queued)
 
     PlayOnStart.script = script
-    async with MediaServer(PlayOnStart, port=0, options=StreamOptions()) as srv:
+    async with MediaServer(PlayOnStart, port=0, options=rtp()) as srv:
         plan = plan_call(np.zeros(8000 * 3, np.int16), codec="PCMU")
         result = await send_call(
             ws_url(srv), plan, realtime=True, linger=0.3, far_end=FarEndConfig()
@@ -182,9 +258,10 @@ async def test_marks_report_in_order_and_cleared_ones_report_false():
     assert len(result.far_end.clears) == 1
 
 
+@pytest.mark.slow
 async def test_socket_that_stops_reading_fails_play_within_the_timeout(record_dir):
-    config = PlaybackConfig(codec="L16", sample_rate=16000, chunk_ms=1000, lead_ms=600_000,
-                            send_timeout=1.0)  # fmt: skip
+    config = PlaybackConfig(mode="rtp", codec="L16", sample_rate=16000, chunk_ms=1000,
+                            lead_ms=600_000, send_timeout=1.0)  # fmt: skip
     long_audio = synthesize_speechlike(120.0, 16000)
 
     async def script(bot: PlayOnStart) -> None:

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from mediastream.errors import UnsupportedCodecError
+from mediastream.errors import UnsupportedCodecError, install_hint
 
 __all__ = [
     "Decoder",
@@ -100,8 +100,7 @@ def _load(name: str, *, role: int) -> type:
         if extra is None:
             raise
         raise UnsupportedCodecError(
-            f"encoding {canonical} needs the optional extra: pip install 'mediastream[{extra}]'"
-            f" ({exc})"
+            f"encoding {canonical} needs the optional extra: {install_hint(extra)} ({exc})"
         ) from exc
     return getattr(module, class_name)
 

@@ -7,7 +7,8 @@ import), so it can be mounted as a route endpoint or as a sub-application::
 
     media = MediaApp(Bot, record_dir="recordings")
     app = Starlette(lifespan=media.lifespan)   # finalizes recordings on shutdown
-    media.mount(app)                           # /stream, /callbacks/stream, /texml, /metrics
+    media.mount(app)                           # /stream, /callbacks/stream, /texml, /metrics,
+                                               # /healthz
     # or: app.mount("/telnyx", media)          # any sub-path; WebSocket = media, HTTP = routes
 
 The ASGI server owns keepalive pings and its own frame size limit; ``max_frame_bytes`` is
@@ -19,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from mediastream.errors import SocketClosed
 from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.recording import recover_recordings
@@ -47,19 +51,25 @@ Send = Callable[[Message], Awaitable[None]]
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 MAX_FRAME_BYTES = 1 << 20
+HEALTH_PATH = "/healthz"
 
 
 class _AsgiTransport:
     """The ``Transport`` a stream needs, over ASGI ``send``; closes at most once."""
 
-    __slots__ = ("_send", "closed")
+    __slots__ = ("_send", "closed", "disconnect_code")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.closed = False
+        self.disconnect_code: int | None = None  # from ``websocket.disconnect``
 
     async def send(self, text: str) -> None:
-        await self._send({"type": "websocket.send", "text": text})
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except OSError as exc:  # ASGI: a send after the client went away (a hang-up)
+            normal = self.disconnect_code in (1000, 1001)
+            raise SocketClosed(f"socket closed ({exc!r})", normal=normal) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:
@@ -141,6 +151,7 @@ class MediaApp:
                 router.add_route(route, self, methods=["GET", "POST"])
         if self.metrics is not None and self.http.metrics_path:
             router.add_route(self.http.metrics_path, self, methods=["GET"])
+        router.add_route(HEALTH_PATH, self, methods=["GET"])
 
     # ------------------------------------------------------------ ASGI
 
@@ -194,6 +205,7 @@ class MediaApp:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
+                    transport.disconnect_code = message.get("code", 1000)
                     break
                 if message["type"] != "websocket.receive":
                     continue
@@ -219,6 +231,12 @@ class MediaApp:
                 await connection.finish()
             except Exception:
                 logger.exception("stream %s: finishing the stream failed", connection.log_id)
+
+    def _health(self) -> HttpResponse:
+        """What ``serve``'s ``GET /healthz`` says, for a load balancer in front of the ASGI
+        app (no drain state here: the ASGI server owns shutdown)."""
+        body = json.dumps({"status": "ok", "streams": len(self.connections)}) + "\n"
+        return HttpResponse(HTTPStatus.OK, body.encode(), content_type="application/json")
 
     def _token_in(self, first: str | bytes) -> bool:
         """Without the token in the upgrade headers, the first frame must carry it."""
@@ -254,6 +272,9 @@ class MediaApp:
             peer=_peer(scope),
             root_path=root_path,
         )
+        if path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            await _respond(send, self._health())
+            return
         response = await self.http.handle(request)
         await _respond(send, response or HttpResponse.text(404, "not found\n"))
 

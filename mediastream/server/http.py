@@ -45,7 +45,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from types import ModuleType
 from typing import Any, ClassVar, NoReturn
@@ -55,8 +55,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from mediastream.errors import MediaStreamError
+from mediastream.errors import MediaStreamError, install_hint
 from mediastream.metrics import ServerMetrics
+from mediastream.playback import PlaybackConfig
 from mediastream.protocol.frames import AUTH_TOKEN_KEY
 from mediastream.streams import Stream as LiveStream
 from mediastream.streams import StreamRegistry
@@ -396,7 +397,7 @@ def to_websockets(response: HttpResponse) -> Response:
 # ------------------------------------------------------------------ request bodies
 
 _HEADER_LINE = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
-_NO_H11 = "request bodies need h11: pip install 'mediastream[telnyx]'"
+_NO_H11 = f"request bodies need h11: {install_hint('telnyx')}"
 _warned_no_h11 = False
 
 
@@ -607,7 +608,9 @@ def add_http_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "Telnyx",
         f"HTTP on the same port: {TEXML_PATH} answers a call with TeXML that streams it here; "
-        f"{CALLBACK_PATH} takes stream status callbacks.",
+        f"{CALLBACK_PATH} takes stream status callbacks. The --bidirectional-* flags also set "
+        "what the server plays back (a handler's own playback wins, with a warning if it "
+        "differs); unset, both follow Telnyx's defaults (mp3; PCMU at 8000 Hz for rtp).",
     )
     add_stream_arguments(
         group,
@@ -680,3 +683,65 @@ def http_routes_from_args(args: argparse.Namespace) -> HttpRoutes:
         )
     except (MediaStreamError, ValueError) as exc:  # a bad key or <Stream> value, no key
         _usage_error(str(exc))
+
+
+# ------------------------------------------------------------------ playback from the template
+
+# rates fixed by the codec; bidirectionalSamplingRate matters only for the others (L16, OPUS)
+_CODEC_RATES = {"PCMU": 8000, "PCMA": 8000, "G722": 16000}
+
+
+def playback_from_stream(stream: Stream, base: PlaybackConfig | None = None) -> PlaybackConfig:
+    """What the players send, from the ``<Stream>`` that tells Telnyx what to expect.
+
+    One setting for both sides: the TeXML's bidirectional attributes, each left unset meaning
+    Telnyx's default, which is ``PlaybackConfig``'s default too (mp3, PCMU, 8000). Before,
+    ``serve --bidirectional-codec G722`` changed only the TeXML and the caller heard PCMU
+    bytes played as G.722: noise.
+    """
+    base = base or PlaybackConfig()
+    return replace(
+        base,
+        mode=stream.bidirectional_mode or base.mode,
+        codec=stream.bidirectional_codec or base.codec,
+        sample_rate=stream.bidirectional_sampling_rate or base.sample_rate,
+    )
+
+
+def describe_playback(config: PlaybackConfig) -> str:
+    """``rtp G722 16000 Hz`` or ``mp3``: the part of a playback setting the carrier sees."""
+    if config.mode == "mp3":
+        return "mp3"
+    codec = config.codec.upper()
+    return f"rtp {codec} {_CODEC_RATES.get(codec, config.sample_rate)} Hz"
+
+
+def playback_mismatch(requested: PlaybackConfig, played: PlaybackConfig) -> str | None:
+    """Why audio sent as ``played`` is not what the carrier was asked for, or None.
+
+    The carrier decodes what we send as it was told to; a difference here is heard as noise
+    (or silence in mp3 mode), and nothing on the wire reports it.
+    """
+    asked, sent = describe_playback(requested), describe_playback(played)
+    if asked == sent:
+        return None
+    return f"plays {sent}, but /texml asks Telnyx for {asked}: the caller will hear noise"
+
+
+def check_handler_playback(handler: type, playback: PlaybackConfig) -> None:
+    """Log once, at start-up, what callers get, and whether a handler's own ``playback``
+    (which wins over the server's) differs from what /texml asks Telnyx for."""
+    own = getattr(handler, "playback", None)
+    if own is None:
+        logger.info("playback to callers: %s, as /texml asks", describe_playback(playback))
+        return
+    problem = playback_mismatch(playback, own)
+    if problem is None:
+        logger.info(
+            "playback to callers: %s (the handler's), as /texml asks", describe_playback(own)
+        )
+        return
+    logger.warning(
+        "handler %s %s; set --bidirectional-mode/-codec/-sampling-rate to match its playback",
+        getattr(handler, "__name__", handler), problem,
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from mediastream.errors import MediaStreamError
+from mediastream.errors import MediaStreamError, install_hint
 from mediastream.telnyx.texml import (
     HttpMethod,
     Track,
@@ -240,7 +240,7 @@ class TelnyxClient:
             import httpx
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise MediaStreamError(
-                "the Telnyx REST client needs httpx: pip install 'mediastream[telnyx]'"
+                f"the Telnyx REST client needs httpx: {install_hint('telnyx')}"
             ) from exc
         if not api_key:
             raise TelnyxRequestError("an API key is required")

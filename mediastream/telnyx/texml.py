@@ -310,8 +310,12 @@ def add_stream_arguments(
     parser.add_argument(
         url_flag, dest="stream_url", required=url_required, metavar="URL", help=url_help
     )
-    parser.add_argument("--track", choices=_choices(Track), help="default inbound_track")
-    parser.add_argument("--name", dest="stream_name", help="name of the stream instance")
+    parser.add_argument(
+        "--track", choices=_choices(Track), help="track(s) to stream (default: inbound_track)"
+    )
+    parser.add_argument(
+        "--name", dest="stream_name", help="name of the stream instance (default: none)"
+    )
     parser.add_argument(
         "--codec",
         dest="stream_codec",
@@ -321,18 +325,32 @@ def add_stream_arguments(
     parser.add_argument(
         "--bidirectional-mode",
         choices=_choices(BidirectionalMode),
-        help="rtp to play audio back into the call (default mp3)",
+        help="rtp to play audio back into the call (default: mp3)",
     )
-    parser.add_argument("--bidirectional-codec", choices=_choices(BidirectionalCodec))
     parser.add_argument(
-        "--bidirectional-sampling-rate", type=int, choices=list(get_args(SamplingRate))
+        "--bidirectional-codec",
+        choices=_choices(BidirectionalCodec),
+        help="codec of the audio played back with --bidirectional-mode rtp (default: PCMU)",
     )
-    parser.add_argument("--status-callback", metavar="URL", help="http(s) URL for status events")
-    parser.add_argument("--status-callback-method", choices=_choices(HttpMethod))
+    parser.add_argument(
+        "--bidirectional-sampling-rate",
+        type=int,
+        choices=list(get_args(SamplingRate)),
+        metavar="HZ",
+        help="rate of that audio, one of %(choices)s (default: 8000 Hz)",
+    )
+    parser.add_argument(
+        "--status-callback", metavar="URL", help="http(s) URL for status events (default: none)"
+    )
+    parser.add_argument(
+        "--status-callback-method",
+        choices=_choices(HttpMethod),
+        help="how --status-callback is requested (default: POST)",
+    )
     parser.add_argument(
         "--enable-reconnect",
         choices=["true", "false"],
-        help="reconnect the WebSocket after a disconnect (Telnyx default true)",
+        help="reconnect the WebSocket after a disconnect (default: true)",
     )
     parser.add_argument(
         "--param",
@@ -341,7 +359,7 @@ def add_stream_arguments(
         type=parse_param,
         default=[],
         metavar="NAME=VALUE",
-        help="a <Parameter> child (repeatable); arrives in start.custom_parameters",
+        help="a <Parameter> child; repeatable; arrives in start.custom_parameters (default: none)",
     )
 
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict
 
-from mediastream.errors import MediaStreamError
+from mediastream.errors import MediaStreamError, install_hint
 
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
@@ -76,7 +76,7 @@ class SignatureVerifier:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise WebhookError(
                 "verifying Telnyx signatures needs the 'cryptography' package: "
-                "pip install 'mediastream[telnyx]'"
+                + install_hint("telnyx")
             ) from exc
         raw = public_key if isinstance(public_key, bytes) else _b64(public_key, "public key")
         if len(raw) != 32:

@@ -95,6 +95,7 @@ def test_vectors_are_what_the_readme_says(vectors: Vectors):
     assert all(len(d) == 97536 for d in vectors.decoded.values())
 
 
+@pytest.mark.slow
 def test_encoder_matches_g191_whole_and_frame_by_frame(vectors: Vectors):
     whole = G722Encoder().encode(vectors.speech)
     assert whole == vectors.codes, _mismatch(whole, vectors.codes)
@@ -457,6 +458,7 @@ def test_bank_resets_one_stream_and_checks_its_input():
 # ---------------------------------------------------------------------------------------------
 # 5. numba stays out of `import mediastream`
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_numba():
     check = (
         "import sys, mediastream, mediastream.codecs\n"
@@ -508,6 +510,7 @@ print(len(g722.G722Decoder().decode(bytes(160))))
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_read_only_package_caches_kernels_in_the_user_cache(tmp_path: Path):
     copy = tmp_path / "site"
     shutil.copytree(

@@ -680,6 +680,7 @@ def check_outcome(harness: Harness, call: HostileCall, outcome: Outcome) -> None
     assert not tail.any(), "audio after the last valid frame on channel 0"
 
 
+@pytest.mark.slow
 def test_hostile_frames_between_valid_media(harness: Harness) -> None:
     @settings(
         max_examples=MAX_EXAMPLES,

@@ -209,6 +209,7 @@ async def outbound_media(ws: ClientConnection, seconds: float) -> int:
     return count
 
 
+@pytest.mark.slow
 async def test_a_second_socket_is_refused_while_the_first_is_sending(record_dir: Path):
     plan = plan_call(VOICE, stream_id="contested")
     intruder = plan_call(VOICE[::-1].copy(), stream_id="contested")
@@ -529,6 +530,7 @@ class FullDisk:
         monkeypatch.setattr(os, "pwrite", pwrite)
 
 
+@pytest.mark.slow
 async def test_a_full_disk_for_five_seconds_loses_nothing_and_stalls_nothing(
     record_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):

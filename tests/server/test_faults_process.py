@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -41,11 +42,14 @@ class StuckAudio(StreamHandler):
 """
 
 
-def serve(*args: str, environ: dict[str, str] | None = None, **popen: object):
+def serve(
+    *args: str, environ: dict[str, str] | None = None, log_level: str = "info", **popen: object
+):
     """``mediastream serve --port 0 ...``: (process, port, its output lines, read by a thread
     so that the server never blocks on a full pipe)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mediastream", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "mediastream", "--log-level", log_level, "serve", "--port", "0",
+         *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         env=environ or env(), **popen,
     )  # fmt: skip
@@ -76,6 +80,7 @@ def finish(proc: subprocess.Popen[str], lines: list[str], timeout: float) -> tup
     return proc.returncode, "".join(lines)
 
 
+@pytest.mark.slow
 async def test_sigterm_with_a_handler_stuck_in_on_stop_exits_0_with_the_recording(
     tmp_path: Path,
 ):
@@ -102,6 +107,7 @@ async def test_sigterm_with_a_handler_stuck_in_on_stop_exits_0_with_the_recordin
     np.testing.assert_array_equal(data, plan.expected_pcm())
 
 
+@pytest.mark.slow
 async def test_sigterm_with_a_handler_stuck_in_on_audio_keeps_every_frame(tmp_path: Path):
     (tmp_path / "stuck.py").write_text(HANDLERS)
     record_dir = tmp_path / "rec"
@@ -130,10 +136,13 @@ async def test_sigterm_with_a_handler_stuck_in_on_audio_keeps_every_frame(tmp_pa
     np.testing.assert_array_equal(data, plan.expected_pcm()[: 90 * 160])
 
 
+@pytest.mark.slow
 async def test_the_first_g722_stream_on_a_cold_cache_stalls_no_call(tmp_path: Path):
     environ = {**env(), "NUMBA_CACHE_DIR": str(tmp_path / "cold-numba-cache")}
     t0 = time.monotonic()
-    proc, port, lines = serve("--record-dir", str(tmp_path / "rec"), environ=environ)
+    # "codecs ready" is a debug line
+    proc, port, lines = serve("--record-dir", str(tmp_path / "rec"), environ=environ,
+                              log_level="debug")  # fmt: skip
     startup = time.monotonic() - t0
     try:
         url = f"ws://127.0.0.1:{port}/"
@@ -175,6 +184,7 @@ def low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
+@pytest.mark.slow
 async def test_a_low_file_descriptor_limit_bounds_streams_instead_of_failing_accept(
     tmp_path: Path,
 ):

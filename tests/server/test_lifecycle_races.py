@@ -35,6 +35,7 @@ class Greeter(StreamHandler):
         await self.call.play(TONE, 8000)
 
 
+@pytest.mark.slow
 async def test_takeover_of_a_half_open_owner_is_bounded_by_takeover_seconds(record_dir: Path):
     """The usual reason a carrier reconnects: the old socket is half-open (reads nothing).
     README: the newcomer waits up to --takeover-seconds (1 s) + the handover (<= 1 s)."""
@@ -88,6 +89,7 @@ class PlaysWhenBusy(StreamHandler):
             raise
 
 
+@pytest.mark.slow
 async def test_a_player_made_after_the_socket_closed_does_not_break_the_resume(
     record_dir: Path,
 ):
@@ -245,6 +247,7 @@ async def test_one_track_continues_the_other_restarts_the_new_audio_is_kept(reco
 # ------------------------------------------------------------------ 6: three sockets
 
 
+@pytest.mark.slow
 async def test_a_third_socket_does_not_take_over_a_newcomer_that_is_sending(record_dir: Path):
     plan = plan_call(synthesize_speechlike(20.0, 8000), stream_id="three")
     async with MediaServer(port=0, options=StreamOptions(record_dir)) as srv:

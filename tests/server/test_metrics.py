@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 
 from mediastream import AudioFrame, MediaServer, StreamHandler
 from mediastream.metrics import LAG_BUCKETS, mark_worker_dead
+from mediastream.playback import PlaybackConfig
 from mediastream.server.asgi import MediaApp
 from mediastream.simulate import CallPlan, plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
@@ -188,6 +189,8 @@ async def test_counts_are_pushed_every_second_without_a_scrape():
 
 
 class TwoPrompts(StreamHandler):
+    playback = PlaybackConfig(mode="rtp")  # paced RTP (the default, Telnyx's, is mp3)
+
     async def on_start(self) -> None:
         await self.call.play(np.zeros(8000, np.int16), 8000)  # 1 s: sent (paced) at once
         await self.call.play(np.zeros(16000, np.int16), 8000)  # 2 s: waits in our queue
@@ -244,6 +247,7 @@ async def test_asgi_app_serves_metrics_too(record_dir: Path):
 # ------------------------------------------------------------------ multiprocess
 
 
+@pytest.mark.slow
 async def test_multiprocess_workers_are_summed_and_dead_ones_leave_the_gauges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -44,6 +45,7 @@ async def send_until(url: str, plan: CallPlan, action_at_frame: int, action) -> 
     return times
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_call_keeps_all_but_the_last_second(tmp_path: Path):
     record_dir = tmp_path / "rec"
     proc, port = start_server("--record-dir", str(record_dir))
@@ -77,6 +79,7 @@ async def test_sigkill_mid_call_keeps_all_but_the_last_second(tmp_path: Path):
     np.testing.assert_array_equal(data, expected[: len(data)])
 
 
+@pytest.mark.slow
 async def test_sigterm_mid_call_finalizes_the_recording(tmp_path: Path):
     record_dir = tmp_path / "rec"
     proc, port = start_server("--record-dir", str(record_dir))
@@ -101,6 +104,7 @@ async def test_sigterm_mid_call_finalizes_the_recording(tmp_path: Path):
     np.testing.assert_array_equal(data, plan.expected_pcm()[: len(data)])
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_twenty_live_calls(tmp_path: Path):
     from mediastream.simulate import send_call
 

@@ -157,6 +157,7 @@ async def test_auth_token_required_and_never_logged(
     assert TOKEN not in caplog.text
 
 
+@pytest.mark.slow
 async def test_limits_cut_off_bad_clients_and_spare_the_others(record_dir: Path):
     limits = ServerLimits(max_frame_bytes=64 * 1024, handshake_seconds=0.5, idle_seconds=0.6,
                           max_streams=3)  # fmt: skip
@@ -219,6 +220,7 @@ async def test_limits_cut_off_bad_clients_and_spare_the_others(record_dir: Path)
     )
 
 
+@pytest.mark.slow
 async def test_capture_then_replay_reproduces_the_recording(tmp_path: Path):
     from mediastream.replay import replay_files
 

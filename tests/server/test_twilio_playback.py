@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from mediastream import AudioFrame, MediaServer, StreamHandler, StreamOptions, codecs
+from mediastream.playback import PlaybackConfig
 from mediastream.simulate import encode_frames, synthesize_speechlike
 from tests.conftest import ws_url
 
@@ -210,7 +211,8 @@ async def test_playback_answers_in_the_dialect_of_the_stream(dialect: type[Twili
     payloads = encode_frames(synthesize_speechlike(FRAMES * 0.02, rate), "PCMU", rate)
     assert len(payloads) == FRAMES
     far = dialect()
-    async with MediaServer(EchoMarkClear, port=0, options=StreamOptions()) as srv:
+    options = StreamOptions(playback=PlaybackConfig(mode="rtp"))  # Twilio: always μ-law RTP
+    async with MediaServer(EchoMarkClear, port=0, options=options) as srv:
         received = await far_end_call(ws_url(srv), far, payloads)
     assert EchoMarkClear.stream_ids == [far.stream_id]
 

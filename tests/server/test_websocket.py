@@ -103,6 +103,7 @@ class CrashAtChunk25(StreamHandler):
             raise RuntimeError("handler bug")
 
 
+@pytest.mark.slow
 async def test_abrupt_close_and_crashing_handler_keep_their_audio_and_spare_others(
     record_dir: Path, caplog: pytest.LogCaptureFixture
 ):

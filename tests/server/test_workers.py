@@ -35,7 +35,7 @@ from tests.processes import REPO, env, healthz
 from tests.server.test_resilience import media_texts, send_frames
 
 READY_LINE = re.compile(r"listening on ws://[\d.]+:(\d+)/.*\((\d+) workers\)")
-STREAM_ON_WORKER = re.compile(r"\[worker (\d+)\] mediastream\.streams: stream (\S+): recording to")
+STREAM_ON_WORKER = re.compile(r"\[worker (\d+)\] mediastream\.streams: stream (\S+): started from")
 RESTARTED = re.compile(r"worker (\d+) restarted, listening \(pid (\d+)\)")
 
 
@@ -83,7 +83,7 @@ class Supervised:
         return {int(p) for p in re.findall(r"\(pid (\d+)\)", self.output())}
 
     def stream_workers(self) -> dict[str, int]:
-        """Stream id -> pid of the worker that recorded it, from the workers' log lines."""
+        """Stream id -> pid of the worker that took it, from the workers' start lines."""
         return {m.group(2): int(m.group(1)) for m in STREAM_ON_WORKER.finditer(self.output())}
 
     def terminate(self, timeout: float = 30) -> int:
@@ -142,6 +142,7 @@ async def wait_until_recording(server: Supervised, plans: list[CallPlan]) -> dic
 # ---------------------------------------------------------------- processes
 
 
+@pytest.mark.slow
 async def test_two_workers_record_200_calls_sample_exactly(tmp_path: Path):
     from mediastream.simulate import simulate
 
@@ -163,6 +164,7 @@ async def test_two_workers_record_200_calls_sample_exactly(tmp_path: Path):
     assert len(list(record_dir.iterdir())) == 200
 
 
+@pytest.mark.slow
 async def test_sigkilled_worker_is_restarted_and_the_other_one_is_unaffected(tmp_path: Path):
     record_dir = tmp_path / "rec"
     voice = synthesize_speechlike(4.0, 8000)
@@ -202,6 +204,7 @@ async def test_sigkilled_worker_is_restarted_and_the_other_one_is_unaffected(tmp
     assert_recorded(record_dir, after)
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_live_calls_on_every_worker(tmp_path: Path):
     record_dir = tmp_path / "rec"
     voice = synthesize_speechlike(3.0, 8000)
