@@ -469,10 +469,6 @@ class StreamConnection:
         stream_id = session.stream_id or session.claimed_stream_id
         return escape(stream_id) if stream_id else f"<unstarted from {self.peer}>"
 
-    @property
-    def owns_stream(self) -> bool:
-        return self.stream is not None and self.stream.owner is self
-
     async def socket_closed(self) -> None:
         """The socket is gone (perhaps while a handler is busy): playback on it can only fail,
         so pending playbacks resolve now instead of waiting for echoes that cannot come."""

@@ -301,9 +301,10 @@ class MediaServer:
             return routed
         if self.draining:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is draining\n")
-        reason = self._refusal()
-        if reason is not None:
-            count_refusal(self.metrics, reason.split(" reached", 1)[0].replace(" ", "_"))
+        refusal = self._refusal()
+        if refusal is not None:
+            kind, reason = refusal
+            count_refusal(self.metrics, kind)
             logger.warning("refused a socket from %s: %s", _peer(ws), reason)
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
         if self.auth_token is not None:
@@ -313,12 +314,12 @@ class MediaServer:
                 return ws.respond(HTTPStatus.UNAUTHORIZED, "invalid streaming auth token\n")
         return None
 
-    def _refusal(self) -> str | None:
-        """Why a new socket cannot be taken now, or None. The stream limit is applied at
-        ``start`` (closed with 1013), where the id is known: a socket resuming a suspended
-        stream, or taking over a live one, needs no new slot."""
+    def _refusal(self) -> tuple[str, str] | None:
+        """(metric kind, reason) why a new socket cannot be taken now, or None. The stream
+        limit is applied at ``start`` (closed with 1013), where the id is known: a socket
+        resuming a suspended stream, or taking over a live one, needs no new slot."""
         if self.max_sockets is not None and len(self.connections) >= self.max_sockets:
-            return f"socket limit reached ({self.max_sockets} sockets)"
+            return "socket_limit", f"socket limit reached ({self.max_sockets} sockets)"
         return None
 
     async def _handle(self, ws: MediaConnection) -> None:
@@ -359,8 +360,8 @@ class MediaServer:
 
     @staticmethod
     async def _record_inbox(ws: MediaConnection, connection: StreamConnection) -> None:
-        """Frames read but never handled (the handler was cancelled): their audio still goes
-        to the recording; the failed handler is not called again."""
+        """Frames read after the stream ended or its handler failed or was cancelled: their
+        audio still goes to the recording; a failed handler is not called again."""
         while ws.inbox:
             message = ws.inbox.popleft()
             if not isinstance(message, InvalidText):
@@ -376,10 +377,7 @@ class MediaServer:
         closing: asyncio.Task[None] | None = None
         while await ws.wait_for_messages():
             if closing is not None:
-                while inbox:
-                    message = inbox.popleft()
-                    if not isinstance(message, InvalidText):
-                        await receive(message)
+                await MediaServer._record_inbox(ws, connection)
                 continue
             while inbox:
                 message = inbox.popleft()

@@ -80,16 +80,22 @@ def finish(proc: subprocess.Popen[str], lines: list[str], timeout: float) -> tup
     return proc.returncode, "".join(lines)
 
 
+def serve_stuck(tmp_path: Path, handler: str):
+    """``serve`` with one of ``HANDLERS``, recording, and a 1 s drain."""
+    (tmp_path / "stuck.py").write_text(HANDLERS)
+    record_dir = tmp_path / "rec"
+    proc, port, lines = serve(
+        "--handler", f"{tmp_path / 'stuck.py'}:{handler}", "--record-dir", str(record_dir),
+        "--drain-seconds", "1",
+    )  # fmt: skip
+    return proc, port, lines, record_dir
+
+
 @pytest.mark.slow
 async def test_sigterm_with_a_handler_stuck_in_on_stop_exits_0_with_the_recording(
     tmp_path: Path,
 ):
-    (tmp_path / "stuck.py").write_text(HANDLERS)
-    record_dir = tmp_path / "rec"
-    proc, port, lines = serve(
-        "--handler", f"{tmp_path / 'stuck.py'}:StuckStop", "--record-dir", str(record_dir),
-        "--drain-seconds", "1",
-    )  # fmt: skip
+    proc, port, lines, record_dir = serve_stuck(tmp_path, "StuckStop")
     try:
         plan = plan_call(VOICE, stream_id="stuck-stop")
         await send_call(f"ws://127.0.0.1:{port}/", plan)  # on_stop now hangs forever
@@ -109,12 +115,7 @@ async def test_sigterm_with_a_handler_stuck_in_on_stop_exits_0_with_the_recordin
 
 @pytest.mark.slow
 async def test_sigterm_with_a_handler_stuck_in_on_audio_keeps_every_frame(tmp_path: Path):
-    (tmp_path / "stuck.py").write_text(HANDLERS)
-    record_dir = tmp_path / "rec"
-    proc, port, lines = serve(
-        "--handler", f"{tmp_path / 'stuck.py'}:StuckAudio", "--record-dir", str(record_dir),
-        "--drain-seconds", "1",
-    )  # fmt: skip
+    proc, port, lines, record_dir = serve_stuck(tmp_path, "StuckAudio")
     plan = plan_call(VOICE, stream_id="stuck-audio")
     try:
         async with connect(f"ws://127.0.0.1:{port}/") as ws:
