@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from mediastream import MediaServer, StreamHandler, StreamOptions
 from mediastream.server.websocket import ServerLimits
-from mediastream.simulate import plan_call, synthesize_speechlike
+from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
 from tests.server.test_faults import closed_code, ended, frame, outbound_media, start, stop, wav
 
 VOICE = synthesize_speechlike(4.0, 8000)
@@ -184,11 +184,11 @@ async def test_stop_is_bounded_even_when_a_handler_swallows_cancellation(record_
 # ------------------------------------------------------------------ 5: mixed counters
 
 
-async def test_one_track_continues_the_other_restarts_nothing_is_overwritten(record_dir: Path):
-    """Inbound counters continue across the reconnect, outbound ones restart: the outbound
-    audio of the first socket must not be overwritten by the second socket's."""
+async def record_mixed_counters(record_dir: Path, stream_id: str) -> tuple[np.ndarray, CallPlan]:
+    """A two-track call split over two sockets: inbound counters continue across the
+    reconnect, outbound ones restart. Returns the recording and the plan."""
     audio = {"inbound": VOICE, "outbound": (VOICE // 3)[::-1].copy()}
-    plan = plan_call(audio, tracks=("inbound", "outbound"), stream_id="mixed")
+    plan = plan_call(audio, tracks=("inbound", "outbound"), stream_id=stream_id)
     async with MediaServer(port=0, options=StreamOptions(record_dir)) as srv:
         async with connect(url(srv)) as first:
             await first.send(start(plan))
@@ -203,8 +203,13 @@ async def test_one_track_continues_the_other_restarts_nothing_is_overwritten(rec
                 await second.send(frame(plan, chunk, track="outbound", renumber=100))  # restarts
             await second.send(stop(plan))
             assert await closed_code(second, 5) == 1000
-        await ended(srv, "mixed")
-    got = wav(record_dir / "mixed.wav")
+        await ended(srv, stream_id)
+    return wav(record_dir / f"{stream_id}.wav"), plan
+
+
+async def test_one_track_continues_the_other_restarts_nothing_is_overwritten(record_dir: Path):
+    """The outbound audio of the first socket must not be overwritten by the second's."""
+    got, plan = await record_mixed_counters(record_dir, "mixed")
     outbound = plan.expected_pcm("outbound")
     # the first socket's outbound audio is still where it was
     np.testing.assert_array_equal(got[: 100 * 160, 1], outbound[: 100 * 160])
@@ -215,26 +220,8 @@ async def test_one_track_continues_the_other_restarts_nothing_is_overwritten(rec
 
 
 async def test_one_track_continues_the_other_restarts_the_new_audio_is_kept(record_dir: Path):
-    audio = {"inbound": VOICE, "outbound": (VOICE // 3)[::-1].copy()}
-    plan = plan_call(audio, tracks=("inbound", "outbound"), stream_id="mixed2")
-    async with MediaServer(port=0, options=StreamOptions(record_dir)) as srv:
-        async with connect(url(srv)) as first:
-            await first.send(start(plan))
-            for chunk in range(1, 101):
-                await first.send(frame(plan, chunk, track="inbound"))
-                await first.send(frame(plan, chunk, track="outbound"))
-        await asyncio.sleep(0.1)
-        async with connect(url(srv)) as second:
-            await second.send(start(plan))
-            for chunk in range(101, 151):
-                await second.send(frame(plan, chunk, track="inbound"))  # continues
-                await second.send(frame(plan, chunk, track="outbound", renumber=100))  # restarts
-            await second.send(stop(plan))
-            assert await closed_code(second, 5) == 1000
-        await ended(srv, "mixed2")
-    got = wav(record_dir / "mixed2.wav")
+    got, plan = await record_mixed_counters(record_dir, "mixed2")
     outbound = plan.expected_pcm("outbound")
-    print("file samples", len(got))
     # the second socket's outbound audio (chunks 101..150) must be somewhere in channel 1
     tail = outbound[100 * 160 : 150 * 160]
     ch = got[:, 1]
