@@ -260,7 +260,6 @@ async def test_a_third_socket_does_not_take_over_a_newcomer_that_is_sending(reco
         code_c = await closed_code(c, 14)
         sender.cancel()
         code_b = await closed_code(b, 0.5)
-        print("B", code_b, b.close_reason, "C", code_c, c.close_reason)
         a.transport.abort()
         assert code_b is None, f"B (sending) was closed: {code_b} {b.close_reason!r}"
         assert code_c == 1008
