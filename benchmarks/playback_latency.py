@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.echo_bot import EchoBot
 from mediastream import MediaServer, StreamOptions
-from mediastream.playback import PlaybackConfig
+from mediastream.media.playback import PlaybackConfig
+from mediastream.runtime.connection import StreamConnection
 from mediastream.simulate import FRAME_MS, plan_call, synthesize_speechlike
-from mediastream.streams import StreamConnection
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,7 +57,10 @@ async def run(frames: int, codec: str) -> dict[str, float]:
             original_send = None
 
             async with connect(f"ws://127.0.0.1:{srv.port}/", compression=None) as ws:
-                (server_ws,) = srv._server.connections  # type: ignore[union-attr]
+                while not srv.connections:  # registered once its handshake is through
+                    await asyncio.sleep(0.001)
+                (connection,) = srv.connections
+                server_ws = connection.transport.ws  # type: ignore[attr-defined]
                 original_send = server_ws.send
 
                 async def timed_send(message: str, *args: object) -> None:

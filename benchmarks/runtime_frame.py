@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mediastream.handler import StreamHandler, StreamOptions
-from mediastream.streams import StreamConnection, StreamRegistry
+from mediastream.config import StreamOptions
+from mediastream.runtime.connection import StreamConnection
+from mediastream.runtime.handler import StreamHandler
+from mediastream.runtime.registry import StreamRegistry
 
 
 class _NoTransport:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mediastream.handler import StreamHandler
+from mediastream.runtime.handler import StreamHandler
 from mediastream.session import Audio
 
 HERE = Path(__file__).resolve()

@@ -17,7 +17,7 @@ import asyncio
 import logging
 
 from mediastream import AudioFrame, MediaServer, StreamHandler, StreamOptions
-from mediastream.playback import PlaybackConfig
+from mediastream.media.playback import PlaybackConfig
 
 
 class EchoBot(StreamHandler):

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from mediastream import MediaServer, StreamHandler, StreamOptions
-from mediastream.playback import Playback, PlaybackConfig
+from mediastream.media.playback import Playback, PlaybackConfig
 from mediastream.simulate import synthesize_speechlike
 
 RATE = 8000

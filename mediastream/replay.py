@@ -12,8 +12,8 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from mediastream.capture import read_capture
 from mediastream.errors import InputFileError
+from mediastream.media.capture import read_capture
 
 Frames = list[tuple[float, str | bytes]]
 

@@ -8,7 +8,6 @@ audio around them is kept.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -37,8 +36,6 @@ from mediastream.protocol.frames import (
     parse_frame,
     parse_media,
 )
-
-logger = logging.getLogger(__name__)
 
 # Media that arrives before ``start`` is held (up to this many frames) and decoded once the
 # format is known, instead of being thrown away.
@@ -435,7 +432,7 @@ class Session:
         position = track.gap_positions.pop(key, None)
         if position is None and track.first_key is not None and key < track.first_key:
             position = track.first_position - (track.first_key - key) * track.frame_samples
-        if position is None or position < 0 or not getattr(track.decoder, "stateless", False):
+        if position is None or position < 0 or not track.decoder.stateless:
             return [self._error("late_frame", f"{track.name} frame {key} too late, dropped")]
         try:
             pcm = track.decoder.decode(item[0])
@@ -460,10 +457,6 @@ class Session:
     ) -> Error:
         self.stats.errors += 1
         return Error(kind, message, source=source, fatal=fatal)
-
-    @property
-    def tracks(self) -> list[str]:
-        return list(self._tracks)
 
     def reorder_stats(self) -> dict[str, ReorderStats]:
         return {name: track.buffer.stats for name, track in self._tracks.items()}

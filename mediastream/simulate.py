@@ -1,11 +1,23 @@
-"""A carrier-like client: sends a call to a media server exactly as Telnyx frames it.
+"""A carrier-like client: sends calls to a media server as Telnyx frames them, and plays back
+what the server sends as the carrier's far end would.
 
-It reads audio (any file soundfile reads, any rate), resamples it with soxr to the codec's rate,
-encodes it in 20 ms frames and sends ``connected``, ``start``, ``media`` and ``stop`` following
-the conventions in docs/protocol.md: per-track ``chunk`` from 1, ``timestamp`` in ms since the
-stream started, counters as strings. It can pace in real time or send as fast as possible,
-stream both tracks, run many calls at once, reorder frames within a window, and drop frames.
-The returned ``CallResult`` says exactly what was sent, so a test can predict the recording.
+Sending: it reads audio (any file soundfile reads, any rate, or ``synthesize_speechlike``),
+resamples it with soxr to the codec's rate, encodes it in 20 ms frames and sends
+``connected``, ``start``, ``media``, ``dtmf`` and (unless told not to) ``stop``, with the
+carrier's conventions: per-track ``chunk`` from 1, ``timestamp`` in ms since the stream
+started, counters as strings. It paces in real time or sends as fast as it can, streams one
+track or both, runs many calls at once, reorders frames within a window, and drops frames
+(chosen ones, or at a rate).
+
+Playing back (``FarEndConfig``): ``FarEnd`` plays the server's media on a real-time playout
+clock (RTP in one codec, MP3 files, or whichever the first media is), echoes a mark when the
+audio before it has played, honours ``clear``, answers MP3 sent too often with the carrier's
+rate-limit error, and ends the call with ``PlaybackMismatchError`` when media comes in another
+mode than it was told to expect.
+
+``CallPlan`` says exactly what was sent and ``CallResult`` what came back, so a test can predict
+the recording (``CallPlan.expected_pcm``) and check what the caller heard
+(``FarEnd.heard_on_call_clock``).
 """
 
 from __future__ import annotations
@@ -30,12 +42,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from mediastream import codecs
-from mediastream.errors import InputFileError, MediaStreamError
+from mediastream.errors import InputFileError, PlaybackMismatchError
 from mediastream.logs import redacting_logger
 
 FRAME_MS = 20
 DEFAULT_SHUFFLE_WINDOW = 5
-TRACK_NAMES = ("inbound", "outbound")
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -185,14 +196,6 @@ class CallPlan:
             else:
                 pieces.append(decoder.decode(payload))
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
-
-
-class PlaybackMismatchError(MediaStreamError):
-    """The server plays back in another mode than the far end was told to expect.
-
-    A real carrier would play it as noise (or not at all) and say nothing; the simulator says
-    what it got and what it expected, in one line, instead of failing in a decoder.
-    """
 
 
 def looks_like_mp3(payload: bytes) -> bool:

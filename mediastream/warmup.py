@@ -35,7 +35,7 @@ def _codec(encoding: str, sample_rate: int | None = None) -> None:
 
 
 def _resampler() -> None:
-    from mediastream.resample import StreamResampler
+    from mediastream.media.resample import StreamResampler
 
     StreamResampler(16000, 8000).process(np.zeros(320, dtype=np.int16), last=True)
 

@@ -28,11 +28,49 @@ def test_help_explains_every_command():
     assert "--record-dir" in serve_help and "--handler" in serve_help and "healthz" in serve_help
 
 
+# what a flag's help ends with, in one style: its default, or that it is required
+HELP_END = re.compile(r"\((?P<kind>default|required)(?P<text>[^()]*)\)$")
+UNITS = {"SECONDS": " s", "HZ": " Hz", "BYTES": " bytes", "FRAMES": " frames"}
+
+
+def test_every_flag_of_every_command_states_its_default_and_unit():
+    """Every flag of every subcommand (and the top level) ends its help with ``(default: ...)``,
+    with the unit where its value has one, or with ``(required ...)``; a repeatable flag says
+    so. Walked from the parser itself, so a flag added later is checked too."""
+    import argparse
+
+    from mediastream.cli import build_parser
+
+    parser = build_parser()
+    assert set(parser.commands) == {"serve", "demo", "simulate", "replay", "bench", "texml"}
+    checked = 0
+    for command, sub_parser in [("mediastream", parser), *parser.commands.items()]:
+        for action in sub_parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            flag = (command, action.option_strings[0])
+            assert action.help, flag
+            text = " ".join((action.help % {**vars(action), "prog": sub_parser.prog}).split())
+            match = HELP_END.search(text)
+            assert match, (*flag, text)
+            assert match["kind"] == "required" or match["text"].startswith(": "), (*flag, text)
+            assert "(default " not in text, (*flag, text)  # the colon form only
+            unit = UNITS.get(str(action.metavar))
+            if unit and action.default is not None:
+                assert match["text"].endswith(unit), (*flag, f"needs the unit {unit!r}", text)
+            if isinstance(action, argparse._AppendAction):
+                assert "repeatable" in text, (*flag, text)
+            checked += 1
+    assert checked > 70  # every command's flags, not an empty walk
+
+
 @pytest.mark.slow
 def test_demo_prints_a_wav_holding_the_audio_it_sent(tmp_path: Path):
     result = mediastream("--log-level", "warning", "demo", "--record-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    match = re.search(r"recorded (\S+\.wav)\n\s+([\d.]+) s", result.stdout)
+    match = re.search(r"recorded (\S+\.wav): ([\d.]+) s", result.stdout)
     assert match, result.stdout
     path = Path(match.group(1))
     assert path.parent == tmp_path.resolve() and float(match.group(2)) == 3.0
@@ -163,3 +201,40 @@ def test_ivr_example_cuts_the_prompt_on_a_key(tmp_path: Path):
     heard, _ = soundfile.read(tmp_path / "ivr.heard.wav", dtype="int16")
     # what was heard: the prompt up to the key, then two beeps (0.5 s)
     assert abs(len(heard) / 8000 - (int(cut.group(1)) / 1000 + 0.5)) < 0.1
+
+
+@pytest.mark.slow
+def test_readme_handler_snippet_run_as_a_script_says_where_it_listens(tmp_path: Path):
+    """``python my_bot.py`` with the README's snippet (``serve(Bot, ...)``): it printed nothing,
+    not where it listens, nor the stream's start and end lines."""
+    import subprocess
+    import sys
+
+    from tests.processes import REPO, env, free_port
+
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("## Writing a handler", 1)[1].split("```python\n", 1)[1]
+    snippet = snippet.split("```", 1)[0]
+    assert 'serve(Bot, host="0.0.0.0", port=8765' in snippet, snippet
+    port = free_port()
+    script = snippet.replace('host="0.0.0.0", port=8765', f'host="127.0.0.1", port={port}')
+    (tmp_path / "my_bot.py").write_text(script)
+    proc = subprocess.Popen(
+        [sys.executable, "my_bot.py"], cwd=tmp_path, env=env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready = f"mediastream: listening on ws://127.0.0.1:{port}/\n"
+    lines: list[str] = []
+    try:
+        while ready not in lines and (line := proc.stdout.readline()):
+            lines.append(line)  # start-up warnings and INFO lines come first, on stderr
+        assert ready in lines, lines
+        result = mediastream("simulate", f"ws://127.0.0.1:{port}/", "--stream-id", "snippet")
+        assert result.returncode == 0, result.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = "".join(lines) + proc.communicate(timeout=30)[0]
+    assert "INFO mediastream.runtime.connection: stream snippet: started from" in output, output
+    assert "stream snippet: ended after" in output and "recordings/snippet.wav" in output, output
+    assert (tmp_path / "recordings" / "snippet.wav").is_file()

@@ -26,10 +26,16 @@ __all__ = [
 
 @runtime_checkable
 class Decoder(Protocol):
-    """Turns one RTP payload into int16 PCM at ``sample_rate``."""
+    """Turns one RTP payload into int16 PCM at ``sample_rate``.
+
+    ``stateless`` is true when a payload decodes the same whatever came before it (G.711,
+    L16): only then may a frame that arrives after its slot still be decoded and placed. A
+    codec with memory (G.722's predictors, Opus, AMR-WB) says false, and late frames are dropped.
+    """
 
     encoding: str
     sample_rate: int
+    stateless: bool
 
     def decode(self, payload: bytes) -> np.ndarray: ...
 

@@ -3,8 +3,8 @@
 Both codecs are far too large to re-implement, and FFmpeg wraps the reference decoders (libopus
 from Xiph, libopencore-amrwb from the 3GPP fixed-point code) that every other implementation is
 checked against. PyAV is imported at the top on purpose: without the extra, importing this module
-raises ImportError, which the registry turns into an error naming
-``pip install 'mediastream[ffmpeg]'``.
+raises ImportError, which the registry turns into an error naming the extra and how to install
+it (``mediastream.errors.install_hint("ffmpeg")``).
 
 What goes over the WebSocket for these codecs is undocumented; we assume one RTP payload (no RTP
 header) per ``media`` frame, as for the other codecs: one Opus packet (RFC 7587), or one AMR-WB
@@ -93,6 +93,7 @@ class OpusDecoder:
     """
 
     encoding = "OPUS"
+    stateless = False  # the decoder's and the resampler's state carry over between packets
 
     def __init__(self, sample_rate: int | None = None, *, codec_name: str | None = None) -> None:
         rate = 48000 if sample_rate is None else int(sample_rate)
@@ -349,6 +350,7 @@ class AmrWbDecoder:
 
     encoding = "AMR-WB"
     sample_rate = AMRWB_SAMPLE_RATE
+    stateless = False  # predictive, with concealment from the frames before
 
     def __init__(
         self,

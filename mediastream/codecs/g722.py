@@ -545,6 +545,7 @@ class G722Decoder:
 
     encoding = "G722"
     sample_rate = SAMPLE_RATE
+    stateless = False  # ADPCM predictors: a frame decodes right only after the one before it
     __slots__ = ("_state", "mode")
 
     def __init__(self, sample_rate: int | None = None, mode: int = 1) -> None:
@@ -615,6 +616,7 @@ class G722DecoderBank:
 
     encoding = "G722"
     sample_rate = SAMPLE_RATE
+    stateless = False
 
     def __init__(self, n_streams: int, mode: int = 1, parallel: bool | None = None) -> None:
         if n_streams < 1:

@@ -1,6 +1,10 @@
-"""L16: linear 16-bit PCM. Big-endian (network order, RFC 3551) unless told otherwise.
+"""L16: linear 16-bit PCM, big-endian (network order, RFC 3551) unless ``byteorder="little"``.
 
-Carriers disagree in practice (see docs on L16 byte order), so ``byteorder`` is an option.
+A payload cannot tell its byte order, and carriers disagree in practice, so a stream's order is
+configured: ``StreamOptions(codec_options={"L16": {"byteorder": "little"}})``. The rate is the
+one ``start`` states (16000 Hz if none); only ``SAMPLE_RATES`` are accepted, so a wrong rate is
+an ``UnsupportedCodecError`` at ``start``, not a huge recording. Decoding is a byte swap per
+sample: stateless, and an odd-length payload is a ``CodecError``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def _dtype(byteorder: str) -> np.dtype:
 
 class L16Decoder:
     encoding = "L16"
-    stateless = True
+    stateless = True  # a byte swap: a frame decodes the same in any order
 
     def __init__(self, sample_rate: int | None = None, byteorder: ByteOrder = "big") -> None:
         self.sample_rate = _rate(sample_rate)

@@ -1,9 +1,10 @@
-"""The media endpoint and the Telnyx routes as an ASGI app, for Starlette, FastAPI or any
-ASGI server.
+"""The media endpoint and the HTTP routes as an ASGI app, for Starlette, FastAPI or any ASGI
+server.
 
-It runs the same ``StreamRegistry``/``StreamConnection`` and the same ``HttpRoutes`` as the
-standalone websockets server; only the socket adapter differs. It is plain ASGI (no framework
-import), so it can be mounted as a route endpoint or as a sub-application::
+It runs the same ``MediaCore`` as the standalone server (limits, auth, idle timeout,
+``/healthz``, drain), with the same ``HttpRoutes``; only the socket adapter differs. It is
+plain ASGI (no framework import), so it can be mounted as a route endpoint or as a
+sub-application::
 
     media = MediaApp(Bot, record_dir="recordings")
     app = Starlette(lifespan=media.lifespan)   # finalizes recordings on shutdown
@@ -11,35 +12,31 @@ import), so it can be mounted as a route endpoint or as a sub-application::
                                                # /healthz
     # or: app.mount("/telnyx", media)          # any sub-path; WebSocket = media, HTTP = routes
 
-The ASGI server owns keepalive pings and its own frame size limit; ``max_frame_bytes`` is
-checked here as well so both servers refuse the same frames.
+The ASGI server owns keepalive pings, the handshake timeout and its own frame size limit;
+``max_frame_bytes`` is checked here as well so both servers refuse the same frames. A refused
+socket is closed before it is accepted (the ASGI server answers 403). On SIGTERM the ASGI
+server closes its sockets itself; call ``drain()`` first (from your own signal handling) for
+``/healthz`` to say "draining" while live streams finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from http import HTTPStatus
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mediastream.config import Config, ServerLimits, StreamOptions
 from mediastream.errors import SocketClosed
-from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
-from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
-from mediastream.recording import recover_recordings
-from mediastream.server.http import (
-    MAX_BODY_BYTES,
-    STREAM_PATH,
-    HttpRequest,
-    HttpResponse,
-    HttpRoutes,
-    install_metrics,
-)
-from mediastream.streams import StreamConnection, StreamRegistry
+from mediastream.runtime.core import HEALTH_PATH, HttpRequest, HttpResponse, MediaCore, Refusal
+from mediastream.runtime.handler import HandlerFactory, StreamHandler
+from mediastream.runtime.lifecycle import CLOSE_TOO_BIG, Cause
+from mediastream.runtime.observer import NO_OBSERVER
+from mediastream.server.metrics import ServerMetrics
+from mediastream.server.routes import STREAM_PATH, HttpRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +44,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-MAX_FRAME_BYTES = 1 << 20
-HEALTH_PATH = "/healthz"
 
 
 class _AsgiTransport:
@@ -74,68 +66,67 @@ class _AsgiTransport:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:
             self.closed = True
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            with contextlib.suppress(OSError):  # already gone
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 class MediaApp:
-    """ASGI: WebSocket scopes are media streams, HTTP scopes go to ``HttpRoutes``."""
+    """ASGI: WebSocket scopes are media streams, HTTP scopes go to ``MediaCore.http``."""
 
     def __init__(
         self,
         handler: HandlerFactory | type[StreamHandler] = StreamHandler,
         *,
+        config: Config | None = None,
         record_dir: str | Path | None = None,
         options: StreamOptions | None = None,
+        limits: ServerLimits | None = None,
         http: HttpRoutes | None = None,
         auth_token: str | None = None,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
-        max_body_bytes: int = MAX_BODY_BYTES,
-        metrics: bool = True,
+        max_frame_bytes: int | None = None,
+        max_body_bytes: int | None = None,
+        metrics: bool | None = None,
     ) -> None:
-        self.options = options or StreamOptions()
-        if record_dir is not None:
-            self.options.record_dir = Path(record_dir)
-        self.registry = StreamRegistry(handler, self.options)
+        config = Config.merged(
+            config, record_dir=record_dir, options=options, limits=limits,
+            auth_token=auth_token, metrics=metrics,
+        )  # fmt: skip
+        if max_frame_bytes is not None:
+            config = replace(config, limits=replace(config.limits, max_frame_bytes=max_frame_bytes))
+        if max_body_bytes is not None:
+            config = replace(config, http=replace(config.http, max_body_bytes=max_body_bytes))
+        self.config = config
         self.http = http or HttpRoutes()
-        self.http.attach(self.registry)
-        self.metrics = install_metrics(self.registry, self.http) if metrics else None
-        self.auth_token = auth_token or None
-        self.max_frame_bytes = max_frame_bytes
-        self.max_body_bytes = max_body_bytes
-        self.connections: set[StreamConnection] = set()
-        self._started = False
-        self._start_lock = asyncio.Lock()
+        self.metrics = ServerMetrics() if config.metrics else None
+        self.core = MediaCore(
+            handler, config, observer=self.metrics or NO_OBSERVER, routes=self.http.handle
+        )
+        self.http.attach(self.core.registry, self.metrics)
+
+    @property
+    def options(self) -> StreamOptions:
+        return self.config.stream
 
     # ------------------------------------------------------------ lifecycle
 
     async def startup(self) -> None:
-        """Create the folders and recover recordings a crash left (once; also done lazily)."""
-        async with self._start_lock:
-            if self._started:
-                return
-            for directory in (self.options.record_dir, self.options.capture_dir):
-                if directory is not None:
-                    directory.mkdir(parents=True, exist_ok=True)
-            if self.options.record_dir is not None:
-                await asyncio.to_thread(recover_recordings, self.options.record_dir)
-            self._started = True
+        """Folders, recordings a crash left, the limits (once; also done on first use)."""
+        await self.core.start()
+
+    async def drain(self) -> None:
+        """Refuse new sockets, say "draining" on ``/healthz``, give live streams
+        ``drain_seconds`` to end, then end every stream."""
+        await self.core.drain()
 
     async def shutdown(self) -> None:
         """Close live sockets and end every stream, live or waiting for a reconnect."""
-        for connection in list(self.connections):
-            with contextlib.suppress(Exception):
-                await connection.transport.close(1001, "server shutting down")
-        await self.registry.close_all()
-        if self.metrics is not None:
-            await self.metrics.close()
+        await self.core.shutdown()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """For ``Starlette(lifespan=media.lifespan)``: without it, streams waiting for a
         reconnect at shutdown are not finalized by this app."""
         await self.startup()
-        if self.metrics is not None:
-            self.metrics.start()  # batches every second; without a lifespan: at stream end, scrape
         try:
             yield
         finally:
@@ -176,8 +167,6 @@ class MediaApp:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                if self.metrics is not None:
-                    self.metrics.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -187,20 +176,14 @@ class MediaApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        headers = _headers(scope)
-        peer = _peer(scope)
-        token = headers.get(AUTH_TOKEN_KEY)
-        if self.auth_token is not None and token is not None and not _same(token, self.auth_token):
-            logger.warning("refused a socket from %s: wrong streaming auth token", peer)
-            await send({"type": "websocket.close", "code": CLOSE_POLICY})
-            return
-        await send({"type": "websocket.accept"})
         transport = _AsgiTransport(send)
-        connection = StreamConnection(
-            self.registry, transport, peer=peer, auth_token=self.auth_token
-        )
-        self.connections.add(connection)
-        needs_token = self.auth_token is not None and token is None
+        accepted = self.core.accept(_peer(scope), _headers(scope), transport)
+        if isinstance(accepted, Refusal):
+            await send({"type": "websocket.close", "code": 1008, "reason": accepted.reason})
+            return
+        connection = accepted
+        await send({"type": "websocket.accept"})
+        max_frame = self.config.limits.max_frame_bytes
         try:
             while True:
                 message = await receive()
@@ -212,49 +195,28 @@ class MediaApp:
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
-                if len(data) > self.max_frame_bytes:
+                if len(data) > max_frame:
                     logger.warning("stream %s: frame over the size limit", connection.log_id)
+                    connection.life.close(CLOSE_TOO_BIG, "frame too large", Cause.BAD_INPUT)
                     await transport.close(CLOSE_TOO_BIG, "frame too large")
-                    break
-                if needs_token:
-                    needs_token = False
-                    if not self._token_in(data):
-                        logger.warning("refused a socket from %s: no valid auth token", peer)
-                        await transport.close(CLOSE_POLICY, "streaming auth token required")
-                        break
-                if not await connection.receive(data):
+                    continue  # read on until the disconnect: its audio is not lost
+                if not await self.core.receive(connection, data) and not transport.closed:
                     await transport.close(connection.close_code, connection.close_reason)
-                    break
+        except asyncio.CancelledError:
+            if not self.core.was_stopped(connection):
+                raise
         finally:
-            self.connections.discard(connection)
-            try:
-                await connection.finish()
-            except Exception:
-                logger.exception("stream %s: finishing the stream failed", connection.log_id)
-
-    def _health(self) -> HttpResponse:
-        """What ``serve``'s ``GET /healthz`` says, for a load balancer in front of the ASGI
-        app (no drain state here: the ASGI server owns shutdown)."""
-        body = json.dumps({"status": "ok", "streams": len(self.connections)}) + "\n"
-        return HttpResponse(HTTPStatus.OK, body.encode(), content_type="application/json")
-
-    def _token_in(self, first: str | bytes) -> bool:
-        """Without the token in the upgrade headers, the first frame must carry it."""
-        assert self.auth_token is not None
-        with contextlib.suppress(Exception):
-            frame = parse_frame(first)
-            if isinstance(frame, ConnectedFrame) and frame.auth_token is not None:
-                return _same(frame.auth_token, self.auth_token)
-        return False
+            await self.core.finish(connection)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
+        limit = self.config.http.max_body_bytes
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
+            if len(body) > limit:
                 await _respond(send, HttpResponse.text(413, "request body too large\n"))
                 return
             if not message.get("more_body"):
@@ -272,11 +234,7 @@ class MediaApp:
             peer=_peer(scope),
             root_path=root_path,
         )
-        if path == HEALTH_PATH and request.method in ("GET", "HEAD"):
-            await _respond(send, self._health())
-            return
-        response = await self.http.handle(request)
-        await _respond(send, response or HttpResponse.text(404, "not found\n"))
+        await _respond(send, await self.core.http(request))
 
 
 async def _respond(send: Send, response: HttpResponse) -> None:
@@ -296,7 +254,3 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "?"
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())

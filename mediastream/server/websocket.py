@@ -1,152 +1,128 @@
-"""The media server on the ``websockets`` library: WebSocket on any path, ``GET /healthz``
-(and ``GET /metrics``, a route of ``server/http.py``).
+"""The media server on the ``websockets`` library: WebSocket on any path, plain HTTP routes
+(``/healthz``, ``/metrics``, ``/texml``, ``/callbacks/stream``) on the same port.
 
-This module moves text between sockets and ``StreamConnection``s and enforces what an operator
-needs from a socket reachable from the internet: an optional streaming auth token (checked in
-constant time, never logged), a frame size limit, a stream limit, handshake and idle timeouts,
-keepalive pings, and a graceful drain on SIGTERM (new sockets refused, ``/healthz`` says
-"draining", live streams given ``drain_seconds`` to finish, then every recording finalized).
+This adapter only moves messages between websockets and ``MediaCore``, which holds every
+policy (auth, limits, timeouts, drain). The two places where websockets' public API does not
+reach (request bodies, the media read path) are in ``_websockets_private.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import hmac
-import json
 import logging
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
+from mediastream.config import DEFAULT_HOST, DEFAULT_PORT, Config, ServerLimits, StreamOptions
 from mediastream.errors import SocketClosed
-from mediastream.handler import HandlerFactory, StreamHandler, StreamOptions
 from mediastream.logs import redacting_logger
-from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
-from mediastream.recording import recover_recordings
-from mediastream.server.connection import InvalidText, MediaConnection
-from mediastream.server.http import HttpRoutes, install_metrics, refuse_duplicate_headers
-from mediastream.streams import StreamConnection, StreamRegistry, count_refusal
-from mediastream.warmup import warm_up
+from mediastream.runtime.connection import StreamConnection
+from mediastream.runtime.core import HttpRequest, HttpResponse, MediaCore, Refusal
+from mediastream.runtime.handler import HandlerFactory, StreamHandler
+from mediastream.runtime.lifecycle import CLOSE_INVALID_DATA, CLOSE_TRY_AGAIN_LATER
+from mediastream.runtime.observer import NO_OBSERVER
+from mediastream.server._websockets_private import InvalidText, MediaConnection
+from mediastream.server.metrics import ServerMetrics
+from mediastream.server.routes import HttpRoutes
+from mediastream.server.websockets_glue import (
+    QuietAccept,
+    headers_of,
+    peer,
+    refuse_duplicate_headers,
+    to_websockets,
+)
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MediaServer", "ServerLimits", "serve_blocking"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INVALID_DATA = 1007
-
-
-# File descriptors kept for everything but sockets and recordings (listening sockets, logs,
-# libraries, capture files, a recording being opened).
-FD_RESERVE = 64
-
-
-@dataclass
-class ServerLimits:
-    """Protective limits; every one is a ``serve`` flag (see ``mediastream serve --help``)."""
-
-    max_frame_bytes: int = 1 << 20
-    # streams live or suspended (each holds its open recording); also capped by ``max_sockets``
-    max_streams: int = 10_000
-    # sockets open at once, authenticated or not; None: what the file descriptor limit allows
-    # (each stream may hold a socket and a recording)
-    max_sockets: int | None = None
-    handshake_seconds: float = 10.0
-    # with an auth token and no token header, the first frame (``connected``) must come by then
-    auth_seconds: float = 5.0
-    idle_seconds: float = 60.0
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    drain_seconds: float = 30.0
 
 
 class _SocketTransport:
     """Adapts a websockets connection to the ``Transport`` the stream code needs."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("ws",)
 
     def __init__(self, ws: ServerConnection) -> None:
-        self._ws = ws
+        self.ws = ws
 
     async def send(self, text: str) -> None:
         try:
-            await self._ws.send(text)
+            await self.ws.send(text)
         except ConnectionClosed as exc:  # a hang-up while we play: not a failure of ours
             raise SocketClosed(str(exc), normal=isinstance(exc, ConnectionClosedOK)) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self._ws.close(code, reason)
+        await self.ws.close(code, reason)
 
 
 class MediaServer:
-    """Accepts carrier sockets and runs one ``StreamConnection`` per socket."""
+    """Accepts carrier sockets on ``host:port`` and runs them through a ``MediaCore``."""
 
     def __init__(
         self,
         handler: HandlerFactory | type[StreamHandler] = StreamHandler,
         *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        config: Config | None = None,
+        host: str | None = None,
+        port: int | None = None,
         record_dir: str | Path | None = None,
         options: StreamOptions | None = None,
         limits: ServerLimits | None = None,
         auth_token: str | None = None,
         http: HttpRoutes | None = None,
         reuse_port: bool = False,
-        metrics: bool = True,
+        metrics: bool | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        self.config = Config.merged(
+            config, host=host, port=port, record_dir=record_dir, options=options,
+            limits=limits, auth_token=auth_token, metrics=metrics,
+        )  # fmt: skip
+        self.host, self.port = self.config.host, self.config.port
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the port
-        self.options = options or StreamOptions()
-        if record_dir is not None:
-            self.options.record_dir = Path(record_dir)
-        self.limits = limits or ServerLimits()
-        self.auth_token = auth_token or None
-        self.registry = StreamRegistry(handler, self.options)
         self.http = http or HttpRoutes()
-        self.http.attach(self.registry)
-        self.metrics = install_metrics(self.registry, self.http) if metrics else None
-        self.connections: set[StreamConnection] = set()
-        self._tasks: dict[StreamConnection, asyncio.Task[Any]] = {}  # each socket's handler
-        self._sockets: dict[StreamConnection, MediaConnection] = {}
-        self.max_sockets = self.limits.max_sockets
-        self.sockets_total = 0
-        self.draining = False
+        self.metrics = ServerMetrics() if self.config.metrics else None
+        self.core = MediaCore(
+            handler, self.config, observer=self.metrics or NO_OBSERVER, routes=self.http.handle
+        )
+        self.http.attach(self.core.registry, self.metrics)
         self._server: Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def options(self) -> StreamOptions:
+        return self.config.stream
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self.config.limits
+
+    @property
+    def registry(self) -> Any:
+        return self.core.registry
+
+    @property
+    def connections(self) -> set[StreamConnection]:
+        return self.core.connections
+
+    @property
+    def draining(self) -> bool:
+        return self.core.draining
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        for directory in (self.options.record_dir, self.options.capture_dir):
-            if directory is not None:
-                directory.mkdir(parents=True, exist_ok=True)
-        if self.options.record_dir is not None:
-            await asyncio.to_thread(recover_recordings, self.options.record_dir)
-        self._bound_file_descriptors()
-        costs = await asyncio.to_thread(warm_up)  # before listening: no call waits for it
-        if costs:
-            logger.debug(
-                "codecs ready in %.2f s (%s)",
-                sum(costs.values()), ", ".join(f"{k} {v:.2f} s" for k, v in costs.items()),
-            )  # fmt: skip
+        await self.core.start()
         loop = asyncio.get_running_loop()
-        if not isinstance(loop.get_exception_handler(), _QuietAccept):
-            loop.set_exception_handler(_QuietAccept(loop.get_exception_handler()))
-        limits = self.limits
+        if not isinstance(loop.get_exception_handler(), QuietAccept):
+            loop.set_exception_handler(QuietAccept(loop.get_exception_handler()))
+        limits, http = self.limits, self.config.http
+        MediaConnection.configure(http)
         self._server = await serve(
             self._handle,
             self.host,
@@ -158,88 +134,27 @@ class MediaServer:
             open_timeout=limits.handshake_seconds,
             ping_interval=limits.ping_interval,
             ping_timeout=limits.ping_timeout,
-            logger=redacting_logger("websockets.server", self.auth_token),
+            logger=redacting_logger("websockets.server", self.core.auth_token),
             reuse_port=self.reuse_port or None,  # goes to loop.create_server
         )
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep_idle())
-        if self.metrics is not None:
-            self.metrics.start()  # pushes batched counts every second
         logger.debug("listening on ws://%s:%d", self.host, self.port)  # on_ready: the CLI prints it
 
-    def _bound_file_descriptors(self) -> None:
-        """Fit the socket and stream limits in the file descriptor limit (raised to its hard
-        maximum first), so that the process never runs out of descriptors under load."""
-        budget = _raise_fd_limit() - FD_RESERVE
-        limits, registry = self.limits, self.registry
-        if limits.max_streams > budget // 2:
-            # a cut of a few percent (10000 to 9968 under a 20000 hard limit) is no news
-            small = budget // 2 >= 0.9 * limits.max_streams
-            logger.log(
-                logging.DEBUG if small else logging.INFO,
-                "file descriptor limit allows %d streams, not %d: --max-streams lowered",
-                budget // 2, limits.max_streams,
-            )  # fmt: skip
-        registry.max_streams = min(limits.max_streams, budget // 2)
-        self.max_sockets = min(limits.max_sockets or budget, budget - registry.max_streams)
-
     async def stop(self) -> None:
-        """Close every socket now, finalize every recording, stop listening.
-
-        Handler methods still running get ``handler_stop_seconds``, then are cancelled
-        (logged): a stuck handler never keeps the process from exiting.
-        """
+        """Stop listening, close every socket, finalize every recording (see ``MediaCore``)."""
         if self._server is None:
             return
         server, self._server = self._server, None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        limits = self.registry.limits
-        if limits.deadline is None:
-            limits.deadline = time.monotonic()
-        server.close(close_connections=True)
-        closed = asyncio.ensure_future(server.wait_closed())
-        await asyncio.wait({closed}, timeout=limits.stop_seconds)
-        for connection, task in list(self._tasks.items()):
-            if not closed.done() and not task.done():
-                logger.warning(
-                    "stream %s: still busy %.1f s after closing; cancelling its handler",
-                    connection.log_id, limits.stop_seconds,
-                )  # fmt: skip
-                limits.stop(task)
-        await asyncio.wait({closed}, timeout=limits.stop_seconds)
-        if not closed.done():  # a handler that swallows its cancellation: stop waiting for it
-            for connection, task in list(self._tasks.items()):
-                if not task.done():
-                    logger.error(
-                        "stream %s: handler ignored its cancellation; abandoning it",
-                        connection.log_id,
-                    )  # fmt: skip
-                    ws = self._sockets.get(connection)
-                    unread = [m for m in ws.inbox if not isinstance(m, InvalidText)] if ws else []
-                    connection.abandon(unread)
-        await self.registry.close_all()
-        if self.metrics is not None:
-            await self.metrics.close()
-        logger.debug("server stopped; %d socket(s) served", self.sockets_total)
+        server.close(close_connections=False)
+        await self.core.shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), self.core.registry.limits.stop_seconds)
 
     async def drain(self) -> None:
         """Refuse new sockets, give live ones ``drain_seconds`` to end, then stop."""
-        self.draining = True
-        deadline = time.monotonic() + self.limits.drain_seconds
-        self.registry.limits.deadline = deadline  # handler methods are bounded from now on
-        logger.info(
-            "draining: %d live socket(s), up to %.0f s",
-            len(self.connections), self.limits.drain_seconds,
-        )  # fmt: skip
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        if self.connections:
-            logger.info("drain time over: closing %d socket(s)", len(self.connections))
+        await self.core.drain()
         await self.stop()
 
     async def __aenter__(self) -> MediaServer:
@@ -264,10 +179,6 @@ class MediaServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
-        # What exists at startup (modules, numba, pydantic schemas) lives as long as the
-        # process: frozen, it is never scanned again, which cut full collections under load
-        # from 33 to 19 ms at 340 streams (each such pause delays every stream's frames).
-        gc.freeze()
         await self.start()
         if on_ready is not None:
             on_ready(self)
@@ -288,96 +199,74 @@ class MediaServer:
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if (refused := refuse_duplicate_headers(ws, request)) is not None:
             return refused  # a repeated auth token or Upgrade: 400, not MultipleValuesError
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        if request.path.split("?", 1)[0] == "/healthz" and not upgrade:
-            status = "draining" if self.draining else "ok"
-            body = json.dumps({"status": status, "streams": len(self.connections)}) + "\n"
-            code = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
-            response = ws.respond(code, body)
-            del response.headers["Content-Type"]  # Headers appends on assignment
-            response.headers["Content-Type"] = "application/json"
-            return response
-        if (routed := await self.http.process_request(ws, request)) is not None:
-            return routed
-        if self.draining:
-            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is draining\n")
-        refusal = self._refusal()
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return await self._http(ws, request)
+        refusal = self.core.refusal(peer(ws), headers_of(request))
         if refusal is not None:
-            kind, reason = refusal
-            count_refusal(self.metrics, kind)
-            logger.warning("refused a socket from %s: %s", _peer(ws), reason)
-            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
-        if self.auth_token is not None:
-            token = request.headers.get(AUTH_TOKEN_KEY)
-            if token is not None and not _same(token, self.auth_token):
-                logger.warning("refused a socket from %s: wrong streaming auth token", _peer(ws))
-                return ws.respond(HTTPStatus.UNAUTHORIZED, "invalid streaming auth token\n")
+            return to_websockets(_refusal_response(refusal))
         return None
 
-    def _refusal(self) -> tuple[str, str] | None:
-        """(metric kind, reason) why a new socket cannot be taken now, or None. The stream
-        limit is applied at ``start`` (closed with 1013), where the id is known: a socket
-        resuming a suspended stream, or taking over a live one, needs no new slot."""
-        if self.max_sockets is not None and len(self.connections) >= self.max_sockets:
-            return "socket_limit", f"socket limit reached ({self.max_sockets} sockets)"
-        return None
+    async def _http(self, ws: ServerConnection, request: Request) -> Response:
+        assert isinstance(ws, MediaConnection)
+        if ws.body_status is not None:
+            reason = ws.body_reason or ws.body_status.phrase
+            return to_websockets(HttpResponse.text(ws.body_status, f"{reason}\n"))
+        path, _, query = request.path.partition("?")
+        response = await self.core.http(
+            HttpRequest(
+                method=request.method,
+                path=path,
+                query=query,
+                headers=headers_of(request),
+                body=ws.request_body,
+                peer=peer(ws),
+            )
+        )
+        return to_websockets(response)
 
     async def _handle(self, ws: MediaConnection) -> None:
-        peer = _peer(ws)
-        connection = StreamConnection(
-            self.registry, _SocketTransport(ws), peer=peer, auth_token=self.auth_token
+        headers = headers_of(ws.request) if ws.request is not None else {}
+        accepted = self.core.accept(
+            peer(ws), headers, _SocketTransport(ws), unread=ws.unread_messages
         )
-        self.connections.add(connection)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks[connection] = task
-        self._sockets[connection] = ws
-        self.sockets_total += 1
+        if isinstance(accepted, Refusal):  # refused between the handshake and now
+            await ws.close(CLOSE_TRY_AGAIN_LATER, accepted.reason)
+            return
+        connection = accepted
         watcher = asyncio.create_task(self._on_socket_closed(ws, connection))
         try:
-            if await self._authenticate(ws, connection):
-                await self._read(ws, connection)
+            await self._read(ws, connection)
         except asyncio.CancelledError:
-            if not self.registry.limits.was_stopped(task):
+            if not self.core.was_stopped(connection):
                 raise
             await self._record_inbox(ws, connection)  # the handler was stuck: keep the audio
         except Exception as exc:  # a bug on this socket's path: end it, keep its audio
             logger.exception("stream %s: internal error; closing this socket", connection.log_id)
+            connection.break_off(f"internal error ({type(exc).__name__})")
             with contextlib.suppress(Exception):
-                await ws.close(1011, f"internal error ({type(exc).__name__})")
+                await ws.close(connection.close_code, connection.close_reason)
         finally:
-            self.connections.discard(connection)
-            try:
-                if ws.state is not State.CLOSED:
-                    ws.transport.abort()  # never wait for a socket this path has given up on
+            ws.abort()  # never wait for a socket this path has given up on
+            with contextlib.suppress(Exception):
                 await watcher
-                await connection.finish()
-            except Exception:
-                logger.exception("stream %s: finishing the stream failed", connection.log_id)
-            finally:
-                self._tasks.pop(connection, None)
-                self._sockets.pop(connection, None)
+            await self.core.finish(connection)
 
-    @staticmethod
-    async def _record_inbox(ws: MediaConnection, connection: StreamConnection) -> None:
+    async def _record_inbox(self, ws: MediaConnection, connection: StreamConnection) -> None:
         """Frames read after the stream ended or its handler failed or was cancelled: their
         audio still goes to the recording; a failed handler is not called again."""
-        while ws.inbox:
-            message = ws.inbox.popleft()
-            if not isinstance(message, InvalidText):
-                await connection.receive(message)
+        for message in ws.unread_messages():
+            await self.core.receive(connection, message)
 
-    @staticmethod
-    async def _read(ws: MediaConnection, connection: StreamConnection) -> None:
+    async def _read(self, ws: MediaConnection, connection: StreamConnection) -> None:
         """Hand every message to the stream, in order, until the socket is gone. Once the
         stream ends, the socket is closed but still read: a peer blocked on a full socket
         buffer would never see the close, and audio that still arrives (after a handler
         failed, say) goes to the recording."""
-        inbox, receive = ws.inbox, connection.receive
+        inbox, receive = ws.inbox, self.core.receive
         closing: asyncio.Task[None] | None = None
         while await ws.wait_for_messages():
             if closing is not None:
-                await MediaServer._record_inbox(ws, connection)
+                await self._record_inbox(ws, connection)
                 continue
             while inbox:
                 message = inbox.popleft()
@@ -386,20 +275,17 @@ class MediaServer:
                         "stream %s: text frame is not UTF-8 (%s); closing",
                         connection.log_id, message.reason,
                     )  # fmt: skip
+                    connection.refuse_input(CLOSE_INVALID_DATA, "invalid UTF-8")
                     closing = asyncio.create_task(ws.close(CLOSE_INVALID_DATA, "invalid UTF-8"))
                     break
-                if not await receive(message):
+                if not await receive(connection, message):
                     code, reason = connection.close_code, connection.close_reason
                     closing = asyncio.create_task(ws.close(code, reason))
                     break
         if closing is not None:
             await closing
-        received = ws.protocol.close_rcvd
-        if received is None or received.code not in (1000, 1001):
-            logger.info(
-                "stream %s: socket closed abruptly (%s)",
-                connection.log_id, ws.protocol.close_exc,
-            )  # fmt: skip
+        if not ws.closed_cleanly:
+            logger.info("stream %s: socket closed abruptly (%s)", connection.log_id, ws.close_cause)
 
     @staticmethod
     async def _on_socket_closed(ws: ServerConnection, connection: StreamConnection) -> None:
@@ -409,116 +295,25 @@ class MediaServer:
         except Exception:
             logger.exception("stream %s: stopping playback failed", connection.log_id)
 
-    async def _authenticate(self, ws: MediaConnection, connection: StreamConnection) -> bool:
-        """Without the token in the upgrade headers, the first frame must carry it."""
-        if self.auth_token is None or ws.request is None:
-            return True
-        if ws.request.headers.get(AUTH_TOKEN_KEY) is not None:
-            return True  # checked in _process_request
-        try:
-            received = await asyncio.wait_for(ws.wait_for_messages(), self.limits.auth_seconds)
-        except TimeoutError:
-            count_refusal(self.metrics, "no_auth_token")
-            logger.warning(
-                "refused a socket from %s: no streaming auth token within %g s",
-                _peer(ws), self.limits.auth_seconds,
-            )  # fmt: skip
-            await ws.close(CLOSE_POLICY, "streaming auth token required")
-            return False
-        if not received:
-            return False
-        first = ws.inbox.popleft()
-        token = None
-        with contextlib.suppress(Exception):
-            frame = parse_frame(first) if isinstance(first, str) else None
-            if isinstance(frame, ConnectedFrame):
-                token = frame.auth_token
-        if token is None or not _same(token, self.auth_token):
-            logger.warning("refused a socket from %s: no valid streaming auth token", _peer(ws))
-            await ws.close(CLOSE_POLICY, "streaming auth token required")
-            return False
-        return await connection.receive(first)
 
-    async def _sweep_idle(self) -> None:
-        """Close sockets that sent nothing for ``idle_seconds`` (their streams are finalized)."""
-        idle = self.limits.idle_seconds
-        while True:
-            await asyncio.sleep(min(1.0, idle / 4))
-            cutoff = time.monotonic() - idle
-            idle_ones = [c for c in self.connections if c.last_activity < cutoff]
-            for connection in idle_ones:
-                logger.warning("stream %s: idle for %.0f s, closing", connection.log_id, idle)
-                connection.close_code = CLOSE_GOING_AWAY
-                connection.close_reason = f"idle for {idle:g} s"
-                connection.last_activity = float("inf")  # close once
-            await asyncio.gather(
-                *(c.transport.close(c.close_code, c.close_reason) for c in idle_ones),
-                return_exceptions=True,
-            )
-
-
-def _raise_fd_limit() -> int:
-    """Raise the soft file descriptor limit to the hard one; the limit now in force."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return 1 << 16
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError) as exc:
-            logger.debug("file descriptor limit stays at %d: %s", soft, exc)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
-
-class _QuietAccept:
-    """An event loop exception handler that reports failing ``accept()`` calls (out of file
-    descriptors, say) once per ``ACCEPT_LOG_SECONDS`` with a count, not once per attempt."""
-
-    ACCEPT_LOG_SECONDS = 10.0
-
-    def __init__(self, previous: Callable[..., Any] | None) -> None:
-        self.previous = previous
-        self.suppressed = 0
-        self._last = -float("inf")
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if "accept" not in str(context.get("message", "")):
-            if self.previous is not None:
-                self.previous(loop, context)
-            else:
-                loop.default_exception_handler(context)
-            return
-        now = time.monotonic()
-        if now - self._last < self.ACCEPT_LOG_SECONDS:
-            self.suppressed += 1
-            return
-        self._last = now
-        logger.error(
-            "accepting sockets fails: %s (%s); %d more such failures since the last report; "
-            "accepting pauses and retries",
-            context.get("message"), context.get("exception"), self.suppressed,
-        )  # fmt: skip
-        self.suppressed = 0
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _peer(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+def _refusal_response(refusal: Refusal) -> HttpResponse:
+    return HttpResponse.text(refusal.status, refusal.reason + "\n")
 
 
 def serve_blocking(
     handler: HandlerFactory | type[StreamHandler] = StreamHandler, **server_options: Any
 ) -> None:
     """Run a media server in this thread until SIGTERM/SIGINT (what ``serve`` does);
-    ``server_options`` are ``MediaServer``'s keyword arguments."""
-    asyncio.run(MediaServer(handler, **server_options).serve_forever())
+    ``server_options`` are ``MediaServer``'s keyword arguments.
+
+    Says where it listens, as ``mediastream serve`` does, and logs as it does unless the
+    application set up logging: the README's ``python my_bot.py`` printed nothing at all.
+    """
+    from mediastream.logs import configure_logging
+
+    configure_logging("info")  # does nothing if the application configured logging itself
+
+    def ready(server: MediaServer) -> None:
+        print(f"mediastream: listening on ws://{server.host}:{server.port}/", flush=True)
+
+    asyncio.run(MediaServer(handler, **server_options).serve_forever(on_ready=ready))

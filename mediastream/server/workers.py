@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as in metrics.py, imported late (see below)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as in server/metrics.py, imported late (see below)
 RESTART_DELAY = 0.1  # seconds before the first restart of a worker; doubles per recent crash
 RESTART_DELAY_MAX = 5.0
 CRASH_WINDOW = 60.0  # crashes of one worker counted over this many seconds ...
@@ -351,7 +351,7 @@ class Supervisor:
         The metrics code is imported here first, before the variable is set, so that this
         process itself stays in single-process mode and never writes files there.
         """
-        from mediastream import metrics
+        from mediastream.server import metrics
 
         self._mark_dead = metrics.mark_worker_dead
         path = os.environ.get(MULTIPROC_ENV)

@@ -16,7 +16,13 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from mediastream.errors import MediaStreamError, install_hint
+from mediastream.errors import (
+    MediaStreamError,
+    TelnyxApiError,
+    TelnyxNotFoundError,
+    TelnyxRequestError,
+    install_hint,
+)
 from mediastream.telnyx.texml import (
     HttpMethod,
     Track,
@@ -38,38 +44,6 @@ CallControlBidirectionalCodec = Literal["PCMU", "PCMA", "G722", "OPUS", "AMR-WB"
 CallControlSamplingRate = Literal[8000, 16000, 22050, 24000, 48000]
 TargetLegs = Literal["both", "self", "opposite"]
 _M = TypeVar("_M", bound=BaseModel)
-
-
-class TelnyxApiError(MediaStreamError):
-    """Telnyx answered with an error; ``detail`` is the first error's ``detail``."""
-
-    def __init__(
-        self, method: str, path: str, status: int, errors: list[dict[str, Any]], text: str = ""
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.status = status
-        self.errors = errors
-        first = errors[0] if errors else {}
-        self.detail: str | None = _str_or_none(first.get("detail")) or _str_or_none(
-            first.get("title")
-        )
-        self.code: str | None = _str_or_none(first.get("code"))
-        reason = self.detail or text[:200] or "no detail"
-        code = f" [{self.code}]" if self.code else ""
-        super().__init__(f"{method} {path}: HTTP {status}{code}: {reason}")
-
-
-class TelnyxNotFoundError(TelnyxApiError):
-    """404: the account, call or stream does not exist (or the call has ended)."""
-
-
-class TelnyxRequestError(MediaStreamError, ValueError):
-    """A request value is not one the API accepts; nothing was sent."""
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _int_from_text(value: Any) -> Any:

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from mediastream.errors import MediaStreamError
+from mediastream.errors import TexmlError
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 
@@ -36,38 +36,6 @@ BidirectionalCodec = Literal["PCMU", "PCMA", "G722", "OPUS", "AMR-WB"]
 SamplingRate = Literal[8000, 16000, 24000]
 HttpMethod = Literal["GET", "POST"]
 VerbName = Literal["start", "connect", "stop"]
-
-
-class TexmlError(MediaStreamError, ValueError):
-    """A TeXML value is not one Telnyx accepts; ``attributes`` names the offending ones."""
-
-    def __init__(self, element: str, problems: list[tuple[str, str]]) -> None:
-        self.element = element
-        self.problems = problems
-        self.attributes = [name for name, _ in problems]
-        text = "; ".join(f"{name}: {problem}" for name, problem in problems)
-        super().__init__(f"invalid <{element}>: {text}")
-
-    @property
-    def attribute(self) -> str | None:
-        return self.attributes[0] if self.attributes else None
-
-    @classmethod
-    def from_validation(cls, model: type[BaseModel], exc: ValidationError) -> TexmlError:
-        """Name each problem by its XML attribute (``bidirectionalMode``), never a Python name."""
-        element = getattr(model, "element", model.__name__)
-        aliases = {name: info.alias or name for name, info in model.model_fields.items()}
-        problems: list[tuple[str, str]] = []
-        for error in exc.errors(include_url=False):
-            loc = [aliases.get(str(part), str(part)) for part in error["loc"]]
-            inner = (error.get("ctx") or {}).get("error")
-            if isinstance(inner, TexmlError):  # raised by a nested model or a model check
-                problems += [(".".join([*loc, name]), text) for name, text in inner.problems]
-                continue
-            got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append((".".join(loc) or element, message + got))
-        return cls(element, problems)
 
 
 # ------------------------------------------------------------------ shared value checks
@@ -304,7 +272,7 @@ def add_stream_arguments(
     *,
     url_flag: str = "--url",
     url_required: bool = True,
-    url_help: str = "WebSocket address Telnyx streams to (ws:// or wss://)",
+    url_help: str = "WebSocket address Telnyx streams to, ws:// or wss:// (required)",
 ) -> None:
     """The ``<Stream>`` attributes as flags (shared by ``texml`` and ``serve``)."""
     parser.add_argument(
@@ -320,7 +288,7 @@ def add_stream_arguments(
         "--codec",
         dest="stream_codec",
         choices=_choices(Codec),
-        help="codec of the streamed audio (only PCMU<->PCMA is transcoded; default: the call's)",
+        help="codec of the streamed audio; only PCMU<->PCMA is transcoded (default: the call's)",
     )
     parser.add_argument(
         "--bidirectional-mode",
@@ -405,9 +373,20 @@ def add_texml_command(subparsers: Any) -> argparse.ArgumentParser:
         default="connect",
         help="connect keeps the call up while it streams; start streams and goes on "
         "(add --pause, or the call ends with the document); stop ends a named stream "
-        "(default %(default)s)",
+        "(default: %(default)s)",
     )
-    add_stream_arguments(parser, url_required=False)
-    parser.add_argument("--pause", type=int, metavar="SECONDS", help="append <Pause length>")
+    add_stream_arguments(
+        parser,
+        url_required=False,  # checked by the command: --verb stop needs none
+        url_help="WebSocket address Telnyx streams to, ws:// or wss:// (required unless "
+        "--verb stop)",
+    )
+    parser.add_argument(
+        "--pause",
+        type=int,
+        metavar="SECONDS",
+        help="append <Pause length=SECONDS> after the verb, to keep a start call up (default: "
+        "no pause)",
+    )
     parser.set_defaults(func=cmd_texml)
     return parser

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict
 
-from mediastream.errors import MediaStreamError, install_hint
+from mediastream.errors import PayloadError, SignatureError, WebhookError, install_hint
 
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
@@ -41,18 +41,6 @@ _KINDS: dict[str, StatusKind] = {
     "streaming.stopped": "stopped",
     "streaming.failed": "failed",
 }
-
-
-class WebhookError(MediaStreamError):
-    """A webhook request could not be accepted."""
-
-
-class SignatureError(WebhookError):
-    """The request is not signed by the configured key, or the signature is too old."""
-
-
-class PayloadError(WebhookError, ValueError):
-    """The body is not a stream status callback we can read."""
 
 
 # ------------------------------------------------------------------ signatures

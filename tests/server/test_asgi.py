@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from mediastream import StreamHandler
 from mediastream.server.asgi import MediaApp
-from mediastream.server.http import HttpRoutes
+from mediastream.server.routes import HttpRoutes
 from mediastream.simulate import plan_call, send_call
 from mediastream.telnyx.webhooks import StreamStatusEvent
 from tests.server.test_websocket import OTHER_VOICE, VOICE, independent_decode, read_wav

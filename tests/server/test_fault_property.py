@@ -127,7 +127,7 @@ class Harness:
         was closed (``on_stop``)."""
         deadline = time.monotonic() + FINALIZE_WAIT
         while time.monotonic() < deadline:
-            gone = stream_id not in self.server.registry.streams
+            gone = stream_id not in self.server.registry
             if gone and (stream_id not in Finalized.started or stream_id in Finalized.stopped):
                 return True
             await asyncio.sleep(0.005)

@@ -61,7 +61,7 @@ async def closed_code(ws: ClientConnection, timeout: float) -> int | None:
 
 async def ended(srv: MediaServer, stream_id: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while stream_id in srv.registry.streams:
+    while stream_id in srv.registry:
         assert time.monotonic() < deadline, f"stream {stream_id} never ended"
         await asyncio.sleep(0.02)
 
@@ -126,19 +126,19 @@ class FailingPlacement:
     """Fault injection: the runtime's own code raises on the 60th frame of one stream."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from mediastream import streams
+        from mediastream.runtime.connection import StreamConnection
 
-        original = streams.StreamConnection._place
+        original = StreamConnection._placed
         self.calls = 0
 
-        def place(connection, stream, event) -> None:  # type: ignore[no-untyped-def]
+        def place(connection, stream, event):  # type: ignore[no-untyped-def]
             if stream.stream_id == "internal-error":
                 self.calls += 1
                 if self.calls == 60:
                     raise RuntimeError("injected fault")
-            original(connection, stream, event)
+            return original(connection, stream, event)
 
-        monkeypatch.setattr(streams.StreamConnection, "_place", place)
+        monkeypatch.setattr(StreamConnection, "_placed", place)
 
 
 async def test_an_internal_error_closes_that_socket_at_once_and_keeps_its_audio(

@@ -21,7 +21,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from mediastream import MediaServer, StreamHandler, StreamOptions
-from mediastream.server.http import HttpRoutes, add_http_arguments, http_routes_from_args
+from mediastream.cli_http import add_http_arguments, http_routes_from_args
+from mediastream.server.routes import HttpRoutes
 from mediastream.simulate import plan_call, send_call
 from mediastream.telnyx.texml import Stream
 from mediastream.telnyx.webhooks import StreamStatusEvent

@@ -21,9 +21,11 @@ from urllib.parse import urlencode
 import pytest
 from websockets.asyncio.client import connect
 
-import mediastream.server.http as http_module
+import mediastream.server._websockets_private as http_module
 from mediastream import MediaServer, StreamHandler, StreamOptions
-from mediastream.server.http import HttpBodyConnection, HttpRoutes, SignatureConfigError
+from mediastream.config import Config, HttpLimits
+from mediastream.errors import SignatureConfigError
+from mediastream.server.routes import HttpRoutes
 from mediastream.simulate import plan_call, synthesize_speechlike
 from tests.conftest import REPO
 from tests.telnyx.helpers import FORM, RawResponse, Signer, raw_request
@@ -183,9 +185,8 @@ async def test_a_body_of_many_chunks_is_parsed_in_linear_time(monkeypatch: pytes
     """Without the chunk limit, a 40 KB form in 1-byte chunks (40 960 chunks, 240 KB on the
     wire) sent in 200-byte pieces: the old parser took tens of seconds (1 200 re-reads of up
     to 40 000 chunks); parsing once, it is a fraction of a second."""
-    monkeypatch.setattr(HttpBodyConnection, "max_body_chunks", 1 << 20, raising=False)
     form = urlencode({**FIELDS, "pad": "x" * (40 * 1024 - 80)}).encode()
-    async with running() as (server, _):
+    async with running(config=Config(http=HttpLimits(max_body_chunks=1 << 20))) as (server, _):
         one_chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(form), form)
         head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
         data, single = await post_in_pieces(server.port, head, one_chunk, piece=200, timeout=10)
@@ -220,8 +221,7 @@ async def test_oversized_bodies_get_413_chunked_or_not():
 async def test_a_stalled_body_gets_408_after_the_deadline(
     monkeypatch: pytest.MonkeyPatch, head_and_part: bytes
 ):
-    monkeypatch.setattr(HttpBodyConnection, "body_seconds", 0.5)
-    async with running() as (server, _):
+    async with running(config=Config(http=HttpLimits(body_seconds=0.5))) as (server, _):
         t0 = time.perf_counter()
         data = await send_raw(server.port, HEAD + head_and_part, timeout=5)
         waited = time.perf_counter() - t0
@@ -243,7 +243,7 @@ async def test_without_h11_a_body_gets_501_saying_what_to_install(
 ):
     monkeypatch.setitem(sys.modules, "h11", None)  # import h11 raises ImportError
     monkeypatch.setattr(http_module, "_warned_no_h11", False)
-    caplog.set_level(logging.ERROR, logger="mediastream.server.http")
+    caplog.set_level(logging.ERROR, logger="mediastream.server._websockets_private")
     async with running() as (server, _):
         body = urlencode(FIELDS).encode()
         for _ in range(2):
@@ -263,7 +263,7 @@ async def test_without_h11_a_body_gets_501_saying_what_to_install(
 
 
 async def test_routes_without_a_key_warn_once_at_start_up(caplog: pytest.LogCaptureFixture):
-    caplog.set_level(logging.WARNING, logger="mediastream.server.http")
+    caplog.set_level(logging.WARNING, logger="mediastream.server._websockets_private")
     async with running():
         pass
     warnings = [r for r in caplog.records if "not authenticated" in r.getMessage()]
@@ -339,7 +339,7 @@ def handshake(*extra: str) -> bytes:
 async def test_duplicate_singleton_headers_get_400_and_a_warning(
     caplog: pytest.LogCaptureFixture, extra: list[str], name: str
 ):
-    caplog.set_level(logging.WARNING, logger="mediastream.server.http")
+    caplog.set_level(logging.WARNING, logger="mediastream.server._websockets_private")
     async with running(auth_token="right") as (server, _):
         response = parse_response(await send_raw(server.port, handshake(*extra)))
         assert response.status == 400

@@ -101,7 +101,7 @@ async def test_a_player_made_after_the_socket_closed_does_not_break_the_resume(
             for chunk in range(1, 61):
                 await first.send(frame(plan, chunk))
         await asyncio.sleep(1.0)  # handler wakes, plays to the dead socket; stream suspended
-        assert "stale-player" in srv.registry.streams
+        assert "stale-player" in srv.registry
         async with connect(url(srv)) as second:
             await second.send(start(plan))
             got = await outbound_media(second, 1.0)
@@ -170,7 +170,7 @@ async def test_stop_is_bounded_even_when_a_handler_swallows_cancellation(record_
     stopping = asyncio.ensure_future(srv.stop())
     done, _ = await asyncio.wait({stopping}, timeout=5)
     took = time.monotonic() - began
-    for task in list(srv._tasks.values()):
+    for task in srv.core.readers():
         task.cancel()  # clean up for the test run
     if not done:
         await asyncio.wait({stopping}, timeout=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import signal
 import time
@@ -13,14 +14,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from mediastream import AudioFrame, MediaServer, StreamHandler
-from mediastream.metrics import LAG_BUCKETS, mark_worker_dead
-from mediastream.playback import PlaybackConfig
+from mediastream.media.playback import PlaybackConfig
+from mediastream.runtime.observer import Observer, SocketMeter
 from mediastream.server.asgi import MediaApp
+from mediastream.server.metrics import LAG_BUCKETS, ServerMetrics, StreamMeter, mark_worker_dead
+from mediastream.session import Session
 from mediastream.simulate import CallPlan, plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
 from tests.processes import start_server
@@ -210,6 +213,49 @@ async def test_playback_queue_depth_is_a_gauge():
             await ws.wait_closed()
         samples = await scrape_until(srv.port, idle)
         assert value(samples, "playback_queued_seconds") == 0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "implementation"), [(Observer, ServerMetrics), (SocketMeter, StreamMeter)]
+)
+def test_server_metrics_implement_the_runtime_observer(protocol: type, implementation: type):
+    """Every method the runtime calls exists, with the protocol's parameters (names, kinds)."""
+    for name, method in vars(protocol).items():
+        if name.startswith("_") or not callable(method):
+            continue
+        wanted = list(inspect.signature(method).parameters.values())
+        given = list(inspect.signature(getattr(implementation, name)).parameters.values())
+        assert [(p.name, p.kind) for p in given[: len(wanted)]] == [
+            (p.name, p.kind) for p in wanted
+        ], name
+        assert all(p.default is not p.empty for p in given[len(wanted) :]), name
+        assert inspect.iscoroutinefunction(method) == inspect.iscoroutinefunction(
+            getattr(implementation, name)
+        ), name
+
+
+def test_lag_histogram_counts_what_the_meters_saw():
+    """Bulk-added bucket counts come out as a standard, cumulative histogram."""
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry=registry)
+    session = Session()
+    meter = metrics.socket_opened(session)
+    meter.lag_counts[0] += 3  # what ``handled`` does per frame, set directly
+    meter.lag_counts[4] += 2
+    meter.lag_counts[-1] += 1  # beyond the last bound
+    meter.lag_sum = 0.05 + 7.0
+    metrics.flush()
+    meter.close()
+    metrics.flush()  # nothing pushed twice
+    sample = registry.get_sample_value
+    assert sample("mediastream_handler_lag_seconds_count") == 6
+    assert sample("mediastream_handler_lag_seconds_sum") == pytest.approx(7.05)
+    cumulative = [
+        sample("mediastream_handler_lag_seconds_bucket", {"le": str(b)}) for b in LAG_BUCKETS
+    ]
+    assert cumulative == [3, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5]
+    assert sample("mediastream_handler_lag_seconds_bucket", {"le": "+Inf"}) == 6
+    assert sample("mediastream_handler_lag_seconds_created") is not None
 
 
 async def test_metrics_can_be_switched_off():

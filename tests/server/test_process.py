@@ -14,7 +14,7 @@ import soundfile
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from mediastream.recording import recover_wav
+from mediastream.media.recording import recover_wav
 from mediastream.simulate import FRAME_MS, CallPlan, plan_call, synthesize_speechlike
 from tests.processes import healthz, start_server
 

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from mediastream import AudioFrame, MediaServer, StreamHandler, StreamOptions
-from mediastream.server.connection import INBOX_HIGH_WATER
+from mediastream.server._websockets_private import INBOX_HIGH_WATER
 from mediastream.simulate import plan_call, synthesize_speechlike
 from tests.conftest import ws_url
 
@@ -79,7 +79,7 @@ class SlowHandler(StreamHandler):
 
     async def on_audio(self, frame: AudioFrame) -> None:
         SlowHandler.seen.append(frame.timestamp_ms)
-        inbox_depths = [len(c.transport._ws.inbox) for c in SlowHandler.server.connections]  # type: ignore[attr-defined]
+        inbox_depths = [len(c.transport.ws.inbox) for c in SlowHandler.server.connections]  # type: ignore[attr-defined]
         SlowHandler.deepest.append(max(inbox_depths, default=0))
         await asyncio.sleep(0.002)
 

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from mediastream import AudioFrame, MediaServer, StreamHandler, StreamOptions, codecs
-from mediastream.playback import PlaybackConfig
+from mediastream.media.playback import PlaybackConfig
 from mediastream.simulate import encode_frames, synthesize_speechlike
 from tests.conftest import ws_url
 

@@ -187,7 +187,7 @@ async def test_bad_input_is_logged_with_stream_id_and_audio_kept(
     plan.dropped = {"inbound": {4}}
     np.testing.assert_array_equal(read_wav(record_dir, "messy")[0], independent_decode(plan))
     np.testing.assert_array_equal(read_wav(record_dir, "after")[0], independent_decode(healthy))
-    messages = [r.getMessage() for r in caplog.records if r.name == "mediastream.streams"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "mediastream.runtime.registry"]
     for kind in ("media_before_start", "malformed_json", "invalid_base64", "unknown_event"):
         hits = [m for m in messages if kind in m]
         assert hits, f"{kind} not logged"

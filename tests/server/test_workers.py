@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from mediastream import MediaServer, StreamHandler, StreamOptions, recording
-from mediastream.recording import (
+from mediastream import MediaServer, StreamHandler, StreamOptions
+from mediastream.media import recording
+from mediastream.media.recording import (
     WavFile,
     WavRecorder,
     open_recording,
     recover_recordings,
     recover_wav,
+    wavfile,
 )
 from mediastream.simulate import CallPlan, CallResult, plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
@@ -35,7 +37,9 @@ from tests.processes import REPO, env, healthz
 from tests.server.test_resilience import media_texts, send_frames
 
 READY_LINE = re.compile(r"listening on ws://[\d.]+:(\d+)/.*\((\d+) workers\)")
-STREAM_ON_WORKER = re.compile(r"\[worker (\d+)\] mediastream\.streams: stream (\S+): started from")
+STREAM_ON_WORKER = re.compile(
+    r"\[worker (\d+)\] mediastream\.runtime\.connection: stream (\S+): started from"
+)
 RESTARTED = re.compile(r"worker (\d+) restarted, listening \(pid (\d+)\)")
 
 
@@ -346,7 +350,7 @@ def test_a_file_another_process_writes_is_neither_continued_nor_recovered(tmp_pa
             WavRecorder(path, 8000)
         rec = open_recording(tmp_path, "call", 8000, resume_within=60)  # recent, but not ours
         assert rec.path == tmp_path / "call~2.wav" and rec.frames_on_disk == 0
-        rec.close_sync()
+        rec.close()
         holder.kill()  # the writer crashed: the kernel drops its lock
         holder.wait(10)
         assert recover_recordings(tmp_path) == [path]
@@ -356,19 +360,19 @@ def test_a_file_another_process_writes_is_neither_continued_nor_recovered(tmp_pa
     os.utime(tmp_path / "call~2.wav", (0, 0))
     rec = open_recording(tmp_path, "call", 8000, resume_within=60)
     assert rec.path == path and rec.frames_on_disk == 1200
-    rec.close_sync()
+    rec.close()
 
 
 async def test_two_recorders_of_one_stream_get_two_files(tmp_path: Path):
     first = open_recording(tmp_path, "same-id", 8000, resume_within=60)
-    await first.write(Frame(tone(800, 1), 0))
+    first.append(Frame(tone(800, 1), 0))
     first.flush()  # written just now: a resume would continue it, if nobody held it
     second = open_recording(tmp_path, "same-id", 8000, resume_within=60)
     assert (first.path.name, second.path.name) == ("same-id.wav", "same-id~2.wav")
-    await second.write(Frame(tone(800, 2), 0))
-    await first.write(Frame(tone(800, 3), 800))
-    await second.close()
-    await first.close()
+    second.append(Frame(tone(800, 2), 0))
+    first.append(Frame(tone(800, 3), 800))
+    second.close()
+    first.close()
     a, _ = soundfile.read(first.path, dtype="int16")
     b, _ = soundfile.read(second.path, dtype="int16")
     np.testing.assert_array_equal(a, np.concatenate([tone(800, 1), tone(800, 3)]))
@@ -383,16 +387,16 @@ def test_racing_new_sessions_claim_distinct_names(tmp_path: Path):
         recorders = list(pool.map(claim, range(16)))
     names = sorted(r.path.name for r in recorders)
     for rec in recorders:
-        rec.close_sync()
+        rec.close()
     expected = ["race.wav", *(f"race~{n}.wav" for n in range(2, 17))]
     assert names == sorted(expected)
 
 
 def test_without_fcntl_recording_still_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(recording, "fcntl", None)
+    monkeypatch.setattr(wavfile, "fcntl", None)
     rec = open_recording(tmp_path, "plain", 8000, resume_within=60)
-    rec.add(Frame(tone(160, 1), 0))
-    rec.close_sync()
+    rec.append(Frame(tone(160, 1), 0))
+    rec.close()
     assert recover_wav(tmp_path / "plain.wav") is False
     data, _ = soundfile.read(tmp_path / "plain.wav", dtype="int16")
     np.testing.assert_array_equal(data, tone(160, 1))

@@ -1,7 +1,7 @@
 """Recordings under faults: short writes, a full disk, an unwritable directory, name clashes.
 
 Real files throughout; the faults are injected by wrapping ``os.pwrite`` / ``os.open``, and
-time, where backoff would make a test slow, by driving ``recording._monotonic``. Every check
+time, where backoff would make a test slow, by driving ``recorder._monotonic``. Every check
 reads the WAV back with soundfile and compares it sample for sample with what was sent.
 """
 
@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from mediastream import recording
-from mediastream.recording import WavFile, WavRecorder, open_recording, recording_path
+from mediastream.media import recording
+from mediastream.media.recording import WavFile, WavRecorder, open_recording, recording_path
+from mediastream.media.recording import recorder as recorder_module
 
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
@@ -62,7 +63,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(recording, "_monotonic", c, raising=False)
+    monkeypatch.setattr(recorder_module, "_monotonic", c)
     return c
 
 
@@ -122,8 +123,8 @@ def test_short_writes_at_block_boundaries_leave_no_holes(tmp_path: Path, disk: D
         both.append(Frame("inbound", inbound[at : at + FRAME], RATE, at))
         if at >= RATE:  # the second track from 1 s on: the file is widened on a short-writing disk
             both.append(Frame("outbound", outbound[at : at + FRAME], RATE, at))
-    mono.close_sync()
-    both.close_sync()
+    mono.close()
+    both.close()
     np.testing.assert_array_equal(read(tmp_path / "mono.wav"), inbound)
     stereo = read(tmp_path / "both.wav")
     np.testing.assert_array_equal(stereo[:, 0], inbound)
@@ -224,7 +225,7 @@ def run_calls(calls: dict[str, list[list[Frame]]], recorders: dict[str, WavRecor
                 recorders[name].append(frame)
                 out[name].frames.append(frame)
     for call in out.values():
-        call.recorder.close_sync()
+        call.recorder.close()
     return out
 
 
@@ -237,7 +238,7 @@ def test_a_full_disk_for_seconds_loses_nothing_and_logs_once(
     tmp_path: Path, disk: Disk, clock: Clock, caplog: pytest.LogCaptureFixture, hostile: bool
 ):
     """ENOSPC and short counts for 3 s of a 9 s call: every WAV is exactly what was sent."""
-    caplog.set_level(logging.INFO, logger="mediastream.recording")
+    caplog.set_level(logging.INFO, logger="mediastream.media.recording")
     start = clock.t
     disk.hostile = hostile
     disk.full = lambda: start + 2.0 <= clock.t < start + 5.0
@@ -271,7 +272,7 @@ def test_a_full_disk_for_seconds_loses_nothing_and_logs_once(
 def test_audio_beyond_the_backlog_bound_is_counted_and_logged_once(
     tmp_path: Path, disk: Disk, clock: Clock, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.INFO, logger="mediastream.recording")
+    caplog.set_level(logging.INFO, logger="mediastream.media.recording")
     start = clock.t
     disk.hostile = False  # nothing gets through: the backlog fills
     disk.full = lambda: start + 1.0 <= clock.t < start + 4.0
@@ -342,7 +343,7 @@ async def test_retries_run_on_a_timer_when_no_frames_come(tmp_path: Path, disk: 
     await asyncio.sleep(0.6)
     assert rec.state == "writing" and rec.frames_on_disk == RATE and rec.backlog_samples == 0
     assert 3 <= rec.write_errors <= 15
-    await rec.close()
+    rec.close()
     np.testing.assert_array_equal(read(tmp_path / "quiet.wav"), sent)
 
 
@@ -358,7 +359,7 @@ def test_a_failing_recorder_costs_a_frame_little(tmp_path: Path, disk: Disk, clo
     assert rec.write_errors <= 8  # 0.1, 0.2, 0.4 ... 3.2 s apart
     assert disk.calls - calls_before <= 3 * rec.write_errors
     disk.full = lambda: False
-    rec.close_sync()
+    rec.close()
     np.testing.assert_array_equal(read(tmp_path / "cheap.wav"), sent)
 
 
@@ -386,7 +387,7 @@ def test_a_record_dir_that_cannot_be_written_keeps_the_audio_and_retries(
     tmp_path: Path, clock: Clock, read_only_dir: Callable[..., None],
     caplog: pytest.LogCaptureFixture,
 ):  # fmt: skip
-    caplog.set_level(logging.INFO, logger="mediastream.recording")
+    caplog.set_level(logging.INFO, logger="mediastream.media.recording")
     start = clock.t
     read_only_dir(tmp_path, lambda: clock.t < start + 1.5)
     rec = open_recording(tmp_path, "ro", RATE, resume_within=60)
@@ -420,7 +421,7 @@ async def test_an_unwritable_dir_at_start_is_retried_from_the_loop(
         rec.append(Frame("inbound", sent[at : at + FRAME], RATE, at))
     await asyncio.sleep(0.5)  # no frames meanwhile: the timer opens the file and writes
     assert rec.state == "writing" and rec.frames_on_disk == RATE // 2
-    await rec.close()
+    rec.close()
     np.testing.assert_array_equal(read(recording_path(tmp_path, "later")), sent)
 
 
@@ -443,7 +444,7 @@ def test_ids_that_used_to_share_a_file_get_one_each(tmp_path: Path, ids: list[st
         rec = open_recording(tmp_path, stream_id, RATE, resume_within=60)
         assert rec.frames_on_disk == 0  # nothing of another id (or an ended session) continued
         rec.append(Frame("inbound", tone(800, n), RATE, 0))
-        rec.close_sync()
+        rec.close()
         assert rec.path is not None and rec.path.parent == tmp_path
         paths.append(rec.path)
     assert len(set(paths)) == len(ids)
@@ -457,17 +458,17 @@ def test_ids_that_used_to_share_a_file_get_one_each(tmp_path: Path, ids: list[st
 def test_a_finished_recording_is_never_continued(tmp_path: Path):
     first = open_recording(tmp_path, "done", RATE, resume_within=60)
     first.append(Frame("inbound", tone(800, 1), RATE, 0))
-    first.close_sync()
+    first.close()
     assert recording.is_finalized(first.path)
     mtime = first.path.stat().st_mtime_ns
     assert recording.recover_recordings(tmp_path) == []
     again = open_recording(tmp_path, "done", RATE, resume_within=60)  # within the grace period
     assert again.path == tmp_path / "done~2.wav" and again.frames_on_disk == 0
     again.append(Frame("inbound", tone(800, 2), RATE, 0))
-    again.close_sync()
+    again.close()
     third = open_recording(tmp_path, "done", RATE, resume_within=60)
     assert third.path == tmp_path / "done~3.wav"
-    third.close_sync()
+    third.close()
     np.testing.assert_array_equal(read(tmp_path / "done.wav"), tone(800, 1))
     np.testing.assert_array_equal(read(tmp_path / "done~2.wav"), tone(800, 2))
     assert first.path.stat().st_mtime_ns == mtime
@@ -476,7 +477,7 @@ def test_a_finished_recording_is_never_continued(tmp_path: Path):
 DIE_WHILE_RECORDING = """
 import os, sys
 import numpy as np
-from mediastream.recording import open_recording
+from mediastream.media.recording import open_recording
 
 class Frame:
     track, sample_rate = "inbound", 8000
@@ -505,11 +506,11 @@ def test_a_file_a_dead_process_left_is_continued_within_the_grace_period(tmp_pat
     rec = open_recording(tmp_path, "crashed", RATE, resume_within=60)
     assert rec.path == tmp_path / "crashed.wav" and rec.frames_on_disk == 800
     rec.append(Frame("inbound", tone(800, 2), RATE, 0))  # positions after what it holds
-    rec.close_sync()
+    rec.close()
     np.testing.assert_array_equal(read(rec.path), np.concatenate([before, tone(800, 2)]))
     old = open_recording(tmp_path, "crashed-long-ago", RATE, resume_within=60)
     assert old.path == tmp_path / "crashed-long-ago~2.wav"  # past the grace period: new file
-    old.close_sync()
+    old.close()
 
 
 # ---------------------------------------------------------------- metrics
@@ -520,7 +521,7 @@ def test_recording_faults_reach_the_metrics(
 ):
     from prometheus_client import CollectorRegistry
 
-    from mediastream.metrics import ServerMetrics
+    from mediastream.server.metrics import ServerMetrics
 
     stats = recording.RecordingStats()
     metrics = ServerMetrics(registry=CollectorRegistry(), recording_stats=stats)

@@ -1,4 +1,7 @@
-"""Prometheus metrics for ``GET /metrics``, kept off the per-frame path.
+"""Prometheus metrics for ``GET /metrics``: the runtime's ``Observer``, kept off the frame path.
+
+This is the only module that imports prometheus_client: the runtime reports through the
+``Observer`` protocol (``mediastream.runtime.observer``), which ``ServerMetrics`` implements.
 
 A media frame costs the whole server about 20 µs, while a ``prometheus_client``
 ``Counter.inc`` costs 0.55 µs (0.9 µs in multiprocess mode, where every change is written to
@@ -9,12 +12,23 @@ an mmap file) and ``Histogram.observe`` 1.1 µs (2 µs). So no frame touches pro
 * handler lag is one ``bisect`` into a per-connection list of bucket counts (``StreamMeter``);
 * errors and handler failures are rare and cost a dict or int increment;
 * recording faults (failed opens and writes, audio lost) are counted by the recorders in a
-  ``RecordingStats`` (``mediastream.recording.process_stats`` unless the server passes its
+  ``RecordingStats`` (``mediastream.media.recording.process_stats`` unless the server passes its
   own): we read how much it grew. Its growth is remembered per set of prometheus_client
   objects, so two servers sharing one set (multiprocess mode) count each fault once.
 
 The growth goes into prometheus_client in batches (``ServerMetrics.flush``): every second from
 a task the server runs, when a connection ends, and right before each scrape.
+
+The handler-lag histogram arrives as bucket counts, and prometheus_client's ``Histogram`` has
+no public way to add many observations at once. Replaying them (one ``observe`` per frame at
+push time) was measured at 350 streams × 50 frames/s: 17,500 ``observe`` calls, 42 ms per
+push in one process and 52 ms in multiprocess mode (2.4 and 2.9 µs each on the test machine):
+4-5 % of a core, and a 42-52 ms stall of the loop once a second, where nothing may block it
+for more than 1 ms. So the histogram is a custom collector (``_LagHistogram``, prometheus_client's
+documented ``Collector`` with a ``HistogramMetricFamily``) built from our own bucket counts:
+a push adds 13 integers (15 µs, measured likewise), or in multiprocess mode makes 14
+``Counter.inc`` calls on plain counters (21 µs), whose files ``MultiProcessCollector`` sums
+over the workers and ``_Merged`` turns back into the histogram at scrape time.
 
 Multiprocess (``serve --workers N``): when ``PROMETHEUS_MULTIPROC_DIR`` is in a worker's
 environment before prometheus_client is first imported, every value lives in an mmap file in
@@ -31,30 +45,32 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate
 from pathlib import Path
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
     multiprocess,
     values,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
-from mediastream.recording import RecordingStats, process_stats
+from mediastream.media.recording import RecordingStats, process_stats
 
 if TYPE_CHECKING:
-    from mediastream.handler import Call
     from mediastream.session import Audio, Session
 
 logger = logging.getLogger(__name__)
@@ -71,17 +87,48 @@ RECORDING_ERROR_KINDS = ("open", "write")  # labels of mediastream_recording_err
 
 _FRAMES, _BYTES, _DROPPED, _REORDERED, _LATE = range(5)
 
+LAG_NAME = f"{PREFIX}_handler_lag_seconds"
+_LAG_DOC = "How far behind the stream's real-time clock each frame's on_audio finished."
+# the ``le`` labels, as prometheus_client's Histogram writes them (str(1.0) == "1.0")
+_LAG_LE = (*(str(bound) for bound in LAG_BUCKETS), "+Inf")
+# multiprocess mode only: non-cumulative bucket counts and the sum, as counters in the mmap
+# files; never exported under these names (``_Merged`` turns them into ``LAG_NAME``)
+_LAG_RAW_BUCKETS = f"{LAG_NAME}_raw_bucket"
+_LAG_RAW_SUM = f"{LAG_NAME}_raw_sum"
+
+
+class QueuedCall(Protocol):
+    """What the gauges read of a call (``runtime.call.Call`` has it)."""
+
+    @property
+    def queued_ms(self) -> float:
+        """Audio queued for playback, not yet sent; reading it never creates a player."""
+        ...
+
+
+class _Batch:
+    """Growth taken from the meters and not yet written into prometheus_client."""
+
+    __slots__ = ("errors", "growth", "lag_counts", "lag_sum")
+
+    def __init__(self) -> None:
+        self.growth: dict[str, list[int]] = {}  # codec -> growth, indexed by _FRAMES ...
+        self.errors: dict[tuple[str, str], int] = {}  # (codec, kind) -> count
+        self.lag_counts = [0] * len(_LAG_LE)
+        self.lag_sum = 0.0
+
 
 class StreamMeter:
     """One connection's numbers as plain Python ints and floats: all the media path touches.
 
-    ``ServerMetrics`` reads them (and the session's own counters) when it pushes a batch.
+    Implements ``SocketMeter``. ``ServerMetrics`` moves them (and how much the session's own
+    counters grew) into its batch with ``take``.
     """
 
     __slots__ = (
+        "_on_close",
         "_origin",
         "_pushed",
-        "_server",
         "closed",
         "errors",
         "lag_counts",
@@ -89,15 +136,15 @@ class StreamMeter:
         "session",
     )
 
-    def __init__(self, server: ServerMetrics, session: Session) -> None:
+    def __init__(self, session: Session, on_close: Callable[[StreamMeter], None]) -> None:
         self.session = session
-        self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)  # one per bucket; the last is +Inf
+        self.lag_counts = [0] * len(_LAG_LE)  # one per bucket; the last is +Inf
         self.lag_sum = 0.0
         self.errors: dict[str, int] = {}
         self.closed = False
-        self._server = server
+        self._on_close = on_close
         self._origin: float | None = None  # monotonic time of sample 0 on this socket's clock
-        self._pushed = (0, 0, 0, 0, 0)  # session counts already pushed (see _FRAMES ...)
+        self._pushed = (0, 0, 0, 0, 0)  # session counts already taken (see _FRAMES ...)
 
     def handled(
         self,
@@ -134,11 +181,119 @@ class StreamMeter:
         """The connection ended: push what it counted now, not at the next batch."""
         if not self.closed:
             self.closed = True
-            self._server._finish(self)
+            self._on_close(self)
+
+    def take(self, batch: _Batch, *, final: bool) -> None:
+        """Move this meter's growth since the last ``take`` into ``batch``.
+
+        Frames before ``start`` wait until their codec is known, unless this is the ``final``
+        take, where they count under ``UNKNOWN_CODEC``.
+        """
+        session = self.session
+        fmt = session.media_format
+        codec = fmt.encoding if fmt is not None else (UNKNOWN_CODEC if final else None)
+        if codec is not None:
+            stats = session.stats
+            gaps = reordered = late = 0
+            for track in session.reorder_stats().values():
+                gaps += track.gaps
+                reordered += track.reordered
+                late += track.late
+            now = (stats.media_frames, stats.audio_bytes, gaps, reordered, late)
+            growth = batch.growth.setdefault(codec, [0] * 5)
+            for index, (value, pushed) in enumerate(zip(now, self._pushed, strict=True)):
+                growth[index] += value - pushed
+            self._pushed = now
+        if self.errors:
+            label = codec or UNKNOWN_CODEC
+            for kind, count in self.errors.items():
+                batch.errors[label, kind] = batch.errors.get((label, kind), 0) + count
+            self.errors.clear()
+        if self.lag_sum or any(self.lag_counts):
+            counts = self.lag_counts
+            for index, count in enumerate(counts):
+                batch.lag_counts[index] += count
+                counts[index] = 0
+            batch.lag_sum += self.lag_sum
+            self.lag_sum = 0.0
+
+
+def _lag_family(counts: Sequence[float], total: float, created: float | None) -> Metric:
+    """``handler_lag_seconds`` from non-cumulative bucket ``counts`` (the last is +Inf)."""
+    family = HistogramMetricFamily(LAG_NAME, _LAG_DOC)
+    family.add_metric([], list(zip(_LAG_LE, accumulate(counts), strict=True)), total)
+    if created is not None:  # as prometheus_client's Histogram exports it, in one process
+        family.add_sample(f"{LAG_NAME}_created", {}, created)
+    return family
+
+
+class _LagHistogram(Collector):
+    """``handler_lag_seconds``, filled in bulk from bucket counts (see the module docstring).
+
+    One process: the totals are plain numbers here, and this object is the collector
+    registered in ``registry``. Multiprocess (``registry`` None): they go to two counters in
+    the mmap files, which ``_Merged`` turns back into the histogram at scrape time.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self._created = time.time()
+        # (counts, sum), replaced in one assignment: a scrape from another thread sees all of
+        # a batch or none of it
+        self._totals: tuple[tuple[int, ...], float] = ((0,) * len(_LAG_LE), 0.0)
+        self._raw: tuple[list[Counter], Counter] | None = None
+        if registry is None:
+            buckets = Counter(_LAG_RAW_BUCKETS, _LAG_DOC, ("le",), registry=None)
+            total = Counter(_LAG_RAW_SUM, _LAG_DOC, registry=None)
+            self._raw = ([buckets.labels(le) for le in _LAG_LE], total)  # present at 0
+        else:
+            registry.register(self)
+
+    def add(self, counts: Sequence[int], total: float) -> None:
+        """Add ``counts[i]`` observations to bucket ``i``, and ``total`` to the sum."""
+        if self._raw is not None:
+            children, raw_sum = self._raw
+            for child, count in zip(children, counts, strict=True):
+                if count:
+                    child.inc(count)
+            raw_sum.inc(total)
+        else:
+            before, before_sum = self._totals
+            now = tuple(a + b for a, b in zip(before, counts, strict=True))
+            self._totals = (now, before_sum + total)
+
+    def describe(self) -> Iterable[Metric]:
+        """Its name, so that the registry refuses a second collector of the same series."""
+        return [HistogramMetricFamily(LAG_NAME, _LAG_DOC)]
+
+    def collect(self) -> Iterable[Metric]:
+        counts, total = self._totals
+        return [_lag_family(counts, total, self._created)]
+
+
+class _Merged(Collector):
+    """Every worker's metrics (``MultiProcessCollector``), the lag histogram rebuilt."""
+
+    def __init__(self, path: str) -> None:
+        self._source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(self._source, path=path)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = dict.fromkeys(_LAG_LE, 0.0)
+        total = 0.0
+        for family in self._source.collect():
+            if family.name == _LAG_RAW_BUCKETS:
+                for sample in family.samples:
+                    if sample.name == f"{_LAG_RAW_BUCKETS}_total":
+                        counts[sample.labels["le"]] += sample.value
+            elif family.name == _LAG_RAW_SUM:
+                total = sum(s.value for s in family.samples if s.name == f"{_LAG_RAW_SUM}_total")
+            else:
+                yield family
+        yield _lag_family(list(counts.values()), total, None)
 
 
 class _Metrics:
-    """The prometheus_client objects, registered in ``registry`` (None: in no registry)."""
+    """The prometheus_client objects, registered in ``registry`` (None: multiprocess mode)."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
@@ -183,12 +338,7 @@ class _Metrics:
             "auth token in time.",
             ("reason",),
         )
-        self.handler_lag = Histogram(
-            f"{PREFIX}_handler_lag_seconds",
-            "How far behind the stream's real-time clock each frame's on_audio finished.",
-            buckets=LAG_BUCKETS,
-            registry=registry,
-        )
+        self.handler_lag = _LagHistogram(registry)
         self.recording_errors = counter(
             "recording_errors",
             "Failed attempts to create or write a recording (each retried with backoff).",
@@ -205,21 +355,6 @@ class _Metrics:
         # what each ServerMetrics last reported to the gauges, summed (several servers in one
         # process share one set of metrics in multiprocess mode)
         self.gauge_parts: dict[ServerMetrics, tuple[float, float, float]] = {}
-
-
-def _observe_many(histogram: Histogram, counts: list[int], total: float) -> None:
-    """Add ``counts[i]`` observations to bucket ``i`` and ``total`` to the sum, at once.
-
-    This is what ``Histogram.observe`` does internally per value (it increments the
-    non-cumulative ``_buckets[i]`` and ``_sum`` of the child); prometheus_client has no public
-    bulk form. If a prometheus_client release changes these internals, tests/server/
-    test_metrics.py fails on the histogram's count.
-    """
-    buckets = histogram._buckets
-    for index, count in enumerate(counts):
-        if count:
-            buckets[index].inc(count)
-    histogram._sum.inc(total)
 
 
 _process_metrics: _Metrics | None = None
@@ -267,30 +402,23 @@ def mark_worker_dead(pid: int, path: str | Path | None = None) -> None:
 
 
 class ServerMetrics:
-    """One server's metrics: creates a ``StreamMeter`` per connection, pushes their batches.
+    """One server's metrics, the runtime's ``Observer``: a ``StreamMeter`` per socket, batches.
 
-    ``calls`` lists the calls of the server's streams (live or waiting for a reconnect), for
-    the stream count and the playback queue; ``recording_stats`` is where the server's
-    recorders count their faults (default: ``process_stats``, every recorder in the process).
-    Without ``PROMETHEUS_MULTIPROC_DIR``, metrics go into ``registry`` (default: a new one of
-    this server's own, with the standard process metrics), never into prometheus_client's
-    global registry unless passed it.
+    ``recording_stats`` is where the server's recorders count their faults (default:
+    ``process_stats``, every recorder in the process). Without ``PROMETHEUS_MULTIPROC_DIR``,
+    metrics go into ``registry`` (default: a new one of this server's own, with the standard
+    process metrics), never into prometheus_client's global registry unless passed it.
     """
 
     def __init__(
         self,
-        calls: Callable[[], Iterable[Call]] | None = None,
         *,
         registry: CollectorRegistry | None = None,
         interval: float = FLUSH_SECONDS,
         recording_stats: RecordingStats | None = None,
     ) -> None:
-        self.calls = calls
         self.recording_stats = recording_stats if recording_stats is not None else process_stats
         self.interval = interval
-        self.handler_errors = 0  # incremented by streams.py; pushed in batches
-        self.refusals: dict[str, int] = {}  # sockets or starts refused, by reason (streams.py)
-        self.recording_open_failures = 0  # recorders that could not even be made (streams.py)
         self.multiprocess_dir = multiprocess_dir()
         self.registry: CollectorRegistry | None
         if self.multiprocess_dir is not None:
@@ -299,28 +427,47 @@ class ServerMetrics:
         else:
             self.registry = registry if registry is not None else _own_registry()
             self._metrics = _Metrics(self.registry)
+        self._calls: Callable[[], Iterable[QueuedCall]] | None = None
+        # rare events, counted as plain ints and pushed with the batch
+        self._handler_errors = 0
+        self._refusals: dict[str, int] = {}  # sockets or starts refused, by reason
+        self._recording_open_failures = 0  # recorders that could not even be made
         self._live: dict[StreamMeter, None] = {}  # insertion-ordered set
-        self._pending: dict[str, list[int]] = {}  # codec -> growth, indexed by _FRAMES ...
-        self._errors: dict[tuple[str, str], int] = {}  # (codec, kind) -> count
-        self._lag_counts = [0] * (len(LAG_BUCKETS) + 1)
-        self._lag_sum = 0.0
+        self._batch = _Batch()
         self._task: asyncio.Task[None] | None = None
         # faults before this server existed are not its own (unless its metrics are shared)
         self._metrics.recording_pushed.setdefault(
             self.recording_stats, _recording_counts(self.recording_stats)
         )
 
-    # ------------------------------------------------------------ connections
+    # ------------------------------------------------------------ Observer
 
-    def meter(self, session: Session) -> StreamMeter:
-        """A meter for a new connection; ``StreamMeter.close()`` when the connection ends."""
-        meter = StreamMeter(self, session)
+    def socket_opened(self, session: Session) -> StreamMeter:
+        """A meter for a new socket; ``StreamMeter.close()`` when the socket ends."""
+        meter = StreamMeter(session, self._finish)
         self._live[meter] = None
         return meter
 
+    def handler_failed(self) -> None:
+        """A handler method raised (or was cancelled at the drain deadline)."""
+        self._handler_errors += 1
+
+    def refused(self, reason: str) -> None:
+        """One more socket or ``start`` refused for ``reason``."""
+        self._refusals[reason] = self._refusals.get(reason, 0) + 1
+
+    def recording_open_failed(self) -> None:
+        """A stream's recorder could not even be created."""
+        self._recording_open_failures += 1
+
+    def watch(self, calls: Callable[[], Iterable[QueuedCall]]) -> None:
+        """``calls()`` lists the calls of the server's streams (live or waiting for a
+        reconnect): the stream count and the playback queue gauges read them each flush."""
+        self._calls = calls
+
     def _finish(self, meter: StreamMeter) -> None:
         self._live.pop(meter, None)
-        self._take(meter, final=True)
+        meter.take(self._batch, final=True)
         self._push()
 
     # ------------------------------------------------------------ batches
@@ -328,69 +475,40 @@ class ServerMetrics:
     def flush(self) -> None:
         """Push every live connection's growth, the handler errors and the gauges."""
         for meter in self._live:
-            self._take(meter, final=False)
+            meter.take(self._batch, final=False)
         self._push()
         self._update_gauges()
-
-    def _take(self, meter: StreamMeter, *, final: bool) -> None:
-        """Move a meter's growth since the last batch into the pending batch."""
-        session = meter.session
-        fmt = session.media_format
-        codec = fmt.encoding if fmt is not None else (UNKNOWN_CODEC if final else None)
-        if codec is not None:  # frames before ``start`` wait until their codec is known
-            stats = session.stats
-            gaps = reordered = late = 0
-            for track in session.reorder_stats().values():
-                gaps += track.gaps
-                reordered += track.reordered
-                late += track.late
-            now = (stats.media_frames, stats.audio_bytes, gaps, reordered, late)
-            pending = self._pending.setdefault(codec, [0] * 5)
-            for index, (value, pushed) in enumerate(zip(now, meter._pushed, strict=True)):
-                pending[index] += value - pushed
-            meter._pushed = now
-        if meter.errors:
-            label = codec or UNKNOWN_CODEC
-            for kind, count in meter.errors.items():
-                self._errors[label, kind] = self._errors.get((label, kind), 0) + count
-            meter.errors.clear()
-        if meter.lag_sum or any(meter.lag_counts):
-            counts = meter.lag_counts
-            for index, count in enumerate(counts):
-                self._lag_counts[index] += count
-                counts[index] = 0
-            self._lag_sum += meter.lag_sum
-            meter.lag_sum = 0.0
 
     def _push(self) -> None:
         """Write the pending batch into prometheus_client: a few calls per codec, not per frame."""
         m = self._metrics
-        for codec, growth in self._pending.items():
+        batch = self._batch
+        for codec, growth in batch.growth.items():
             m.frames.labels(codec).inc(growth[_FRAMES])
             m.bytes.labels(codec).inc(growth[_BYTES])
             m.dropped.labels(codec).inc(growth[_DROPPED])
             m.reordered.labels(codec).inc(growth[_REORDERED])
             m.late.labels(codec).inc(growth[_LATE])
-        self._pending.clear()
-        for (codec, kind), count in self._errors.items():
+        batch.growth.clear()
+        for (codec, kind), count in batch.errors.items():
             m.input_errors.labels(kind).inc(count)
             if kind in DECODE_ERROR_KINDS:
                 m.decode_errors.labels(codec, kind).inc(count)
-        self._errors.clear()
-        if self.handler_errors:
-            m.handler_errors.inc(self.handler_errors)
-            self.handler_errors = 0
-        for reason, count in self.refusals.items():
+        batch.errors.clear()
+        if any(batch.lag_counts):
+            m.handler_lag.add(batch.lag_counts, batch.lag_sum)
+            batch.lag_counts = [0] * len(batch.lag_counts)
+            batch.lag_sum = 0.0
+        if self._handler_errors:
+            m.handler_errors.inc(self._handler_errors)
+            self._handler_errors = 0
+        for reason, count in self._refusals.items():
             m.refused.labels(reason).inc(count)
-        self.refusals.clear()
-        if any(self._lag_counts):
-            _observe_many(m.handler_lag, self._lag_counts, self._lag_sum)
-            self._lag_counts = [0] * len(self._lag_counts)
-            self._lag_sum = 0.0
+        self._refusals.clear()
         self._push_recording(m)
 
     def _push_recording(self, m: _Metrics) -> None:
-        """The growth of the recorders' fault counts, and opens that raised (streams.py)."""
+        """The growth of the recorders' fault counts, and the recorders never created."""
         stats = self.recording_stats
         now = _recording_counts(stats)
         before = m.recording_pushed.get(stats, (0, 0, 0.0))
@@ -403,9 +521,9 @@ class ServerMetrics:
             if lost > 0:
                 m.recording_lost.inc(lost)
             m.recording_pushed[stats] = now
-        if self.recording_open_failures:
-            m.recording_errors.labels("open").inc(self.recording_open_failures)
-            self.recording_open_failures = 0
+        if self._recording_open_failures:
+            m.recording_errors.labels("open").inc(self._recording_open_failures)
+            self._recording_open_failures = 0
 
     def _update_gauges(self, *, closing: bool = False) -> None:
         m = self._metrics
@@ -413,11 +531,9 @@ class ServerMetrics:
             m.gauge_parts.pop(self, None)
         else:
             streams, queued_ms = 0, 0.0
-            for call in self.calls() if self.calls is not None else ():
+            for call in self._calls() if self._calls is not None else ():
                 streams += 1
-                player = call._player  # never ``call.player``: that would create one
-                if player is not None:
-                    queued_ms += player.queued_ms
+                queued_ms += call.queued_ms
             m.gauge_parts[self] = (streams, len(self._live), queued_ms / 1000)
         parts = m.gauge_parts.values()
         m.active_streams.set(sum(p[0] for p in parts))
@@ -447,7 +563,7 @@ class ServerMetrics:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for meter in list(self._live):
-            self._take(meter, final=True)
+            meter.take(self._batch, final=True)
         self._push()
         self._update_gauges(closing=True)
 
@@ -458,7 +574,7 @@ class ServerMetrics:
         self.flush()
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            registry.register(_Merged(self.multiprocess_dir))
             return generate_latest(registry), CONTENT_TYPE_LATEST
         assert self.registry is not None
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mediastream.capture import REDACTED, CaptureWriter, read_capture, redact_text
+from mediastream.media.capture import REDACTED, CaptureWriter, read_capture, redact_text
 
 TOKEN = "s3cret-Token-42"
 

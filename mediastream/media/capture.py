@@ -1,16 +1,22 @@
-"""Capture of a stream's raw inbound frames, with receive times, for replay and debugging.
+"""Capture of a socket's raw inbound frames, with receive times, for ``mediastream replay``.
 
 One JSON object per line: ``{"t": seconds since the socket opened, "text": frame}`` (binary
-frames as ``"binary"``, base64). Files are ``DIR/<safe id>.<n>.jsonl``: a new socket or a file
-that grew past ``max_bytes`` starts the next ``n``, and a file is never overwritten or truncated.
-Lines are buffered and written by a worker thread, like recordings.
+frames as ``"binary"``, base64). Lines wait in memory until the stream id is known (``name``),
+then go to ``DIR/<safe id>.<n>.jsonl`` (``safe_stream_name``; a socket that never started writes
+``unstarted.<n>.jsonl`` when it closes). Each socket, and each file grown past ``max_bytes``,
+takes the next free ``n``, claimed with ``open(path, "x")``: a file is never overwritten or
+truncated. Every ``FLUSH_SECONDS`` the lines go to disk in a worker thread
+(``asyncio.to_thread``), one write at a time: unlike a recording block (one ``pwrite`` into an
+open file, done on the loop), a flush may stat, create and open the file.
 
 The streaming auth token never reaches the file in any spelling: verbatim occurrences are
 replaced, and so is every JSON string literal that *decodes* to something holding the token
 (``"\\u0073ecret"`` is the token to any JSON reader, though the text does not contain it).
 Only a frame with a backslash can spell the token that way, and media frames have none (base64
 and digits), so the hot path pays two substring scans; the literal is rewritten in place and
-the rest of the frame is kept byte for byte, valid JSON or not, so replays stay faithful.
+the rest of the frame is kept byte for byte, so replays stay faithful. A frame that spells the
+token in escapes outside any string literal (not JSON) is replaced whole by ``UNREDACTABLE``.
+Binary frames have only their verbatim occurrences replaced.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import re
 import time
 from pathlib import Path
 
-from mediastream.recording import safe_stream_name
+from mediastream.media.recording import safe_stream_name
 
 logger = logging.getLogger(__name__)
 

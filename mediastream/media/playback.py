@@ -24,61 +24,21 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import numpy as np
 import soundfile
 
 from mediastream import codecs
-from mediastream.errors import MediaStreamError, SocketClosed
+from mediastream.config import PlaybackConfig
+from mediastream.errors import PlaybackError, PlaybackStopped, SocketClosed
+from mediastream.media.resample import StreamResampler
 from mediastream.protocol.dialects import TELNYX_OUTBOUND, Outbound
-from mediastream.resample import StreamResampler
 
 logger = logging.getLogger(__name__)
 
 MARK_PREFIX = "ms-play-"
 # resampled audio short of a whole chunk waits for the next play this long, then goes out padded
 IDLE_FLUSH_SECONDS = 0.1
-
-
-class PlaybackError(MediaStreamError):
-    """Audio could not be sent (the socket stopped draining, or the stream ended)."""
-
-
-class PlaybackStopped(PlaybackError):
-    """The socket closed under a playback: the caller hung up, or the carrier ended the
-    stream. Not a failure: pending playbacks report False (as when the stream ends), and it is
-    logged at DEBUG (a normal close) or INFO (an abrupt one), never as an error."""
-
-    def __init__(self, message: str, *, normal: bool) -> None:
-        super().__init__(message)
-        self.normal = normal
-
-
-@dataclass
-class PlaybackConfig:
-    """How audio goes back to the carrier; mirrors the ``<Stream>`` bidirectional attributes.
-
-    The start frame does not say which playback codec was requested, so the application
-    declares it here (server-wide in ``StreamOptions``, or per handler as ``playback``). The
-    defaults are Telnyx's (``bidirectionalMode`` mp3, PCMU, 8000 Hz): a server that asks the
-    carrier for nothing sends what the carrier then expects. ``serve`` builds this from the
-    same flags that write the TeXML (``server.http.playback_from_stream``). Twilio plays only
-    μ-law at 8 kHz, so a Twilio stream in mp3 mode gets that instead (see ``Player``).
-    """
-
-    mode: Literal["rtp", "mp3"] = "mp3"  # bidirectionalMode
-    codec: str = "PCMU"  # bidirectionalCodec
-    sample_rate: int = 8000  # bidirectionalSamplingRate (L16/OPUS); G.711 is 8000, G.722 16000
-    chunk_ms: int = 20
-    lead_ms: int = 60
-    send_timeout: float = 5.0
-    mp3_min_interval: float = 1.1  # the carrier allows one a second; keep a margin for jitter
-    codec_options: dict[str, object] = field(default_factory=dict)
-
-
-def _loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
 
 
 @dataclass(eq=False)
@@ -111,14 +71,16 @@ class Playback:
             return 0.0
         return min(self.duration_ms, max(0.0, (time.monotonic() - self.started_at) * 1000))
 
-    def _resolve(self, played: bool, heard_ms: float) -> None:
+    def resolve(self, played: bool, heard_ms: float) -> None:
+        """The player's verdict: heard to the end (True) or cleared after ``heard_ms``."""
         if self._done.done():
             return
         self.interrupted = not played
         self._heard_ms = heard_ms
         self._done.set_result(played)
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
+        """The player could not send it: ``finished()`` raises ``error``."""
         if not self._done.done():
             self._heard_ms = self.heard_ms
             self._done.set_exception(error)
@@ -213,11 +175,11 @@ class Player:
         self._queue.clear()
         for item in dropped:
             if item.playback is not None:
-                item.playback._resolve(False, 0.0)
+                item.playback.resolve(False, 0.0)
         for playback in [self._current, *self._awaiting_echo.values()]:
             if playback is not None and not playback.done:
                 heard = 0.0 if playback.started_at is None else (now - playback.started_at) * 1000
-                playback._resolve(False, min(playback.duration_ms, max(0.0, heard)))
+                playback.resolve(False, min(playback.duration_ms, max(0.0, heard)))
         self._current = None
         self._awaiting_echo.clear()  # their echoes (sent because of the clear) count for nothing
         self._playout_end = now
@@ -227,7 +189,7 @@ class Player:
         """Handle an echoed mark; True if it belongs to the application (custom mark)."""
         playback = self._awaiting_echo.pop(name, None)
         if playback is not None:
-            playback._resolve(True, playback.duration_ms)  # no effect if a clear came first
+            playback.resolve(True, playback.duration_ms)  # no effect if a clear came first
             return False
         return not name.startswith(MARK_PREFIX)
 
@@ -241,10 +203,10 @@ class Player:
     def _resolve_unfinished(self) -> None:
         for item in self._queue:
             if item.playback is not None:
-                item.playback._resolve(False, 0.0)
+                item.playback.resolve(False, 0.0)
         for playback in [self._current, *self._awaiting_echo.values()]:
             if playback is not None:
-                playback._resolve(False, playback.heard_ms)
+                playback.resolve(False, playback.heard_ms)
 
     @property
     def queued_ms(self) -> float:
@@ -331,10 +293,10 @@ class Player:
         self._failed = error
         for item in self._queue:
             if item.playback is not None:
-                item.playback._fail(error)
+                item.playback.fail(error)
         for playback in [self._current, *self._awaiting_echo.values()]:
             if playback is not None:
-                playback._fail(error)
+                playback.fail(error)
 
     async def _run(self) -> None:
         try:

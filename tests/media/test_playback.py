@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from examples.echo_bot import EchoBot
 from mediastream import MediaServer, StreamHandler, StreamOptions, codecs
-from mediastream.playback import Playback, PlaybackConfig, PlaybackError
+from mediastream.media.playback import Playback, PlaybackConfig, PlaybackError
 from mediastream.simulate import (
     CallPlan,
     FarEnd,
@@ -53,7 +53,9 @@ def one_round(pcm: np.ndarray, codec: str, rate: int) -> np.ndarray:
     )
 
 
-async def call_until_echoed(url: str, plan: CallPlan, config: FarEndConfig) -> FarEnd:
+async def call_until_echoed(
+    url: str, plan: CallPlan, config: FarEndConfig, *, samples: int = 0
+) -> FarEnd:
     """A real-time call whose caller hangs up once it heard the echo of all it said.
 
     Playback is paced in real time, so every stall of the server (or of this far end) on a
@@ -61,6 +63,8 @@ async def call_until_echoed(url: str, plan: CallPlan, config: FarEndConfig) -> F
     the ``stop`` could come before the last chunks were sent or played (15360 of 16000
     samples heard). EchoBot plays each inbound frame as one playback with its own mark, so
     the echo is complete when the far end has echoed one mark per frame; only then ``stop``.
+    With ``samples``, also once it has heard that many: a resampling player sends its filter's
+    tail after the last mark, when it has been idle for a moment (``IDLE_FLUSH_SECONDS``).
     """
     far = FarEnd(config, plan.stream_id)
     frames = plan.media_frames()
@@ -100,7 +104,10 @@ async def call_until_echoed(url: str, plan: CallPlan, config: FarEndConfig) -> F
             await asyncio.sleep(max(0.0, t0 + tick * 0.02 - time.monotonic()))
             await ws.send(json.dumps(frame))
         deadline = time.monotonic() + 30  # a lost echo fails the length check, not a hang
-        while len(far.marks_echoed) < len(frames) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            await reply(far.advance(time.monotonic()))  # what played between frames counts
+            if len(far.marks_echoed) >= len(frames) and sum(map(len, far.heard)) >= samples:
+                break
             await asyncio.sleep(0.02)
         await ws.send(json.dumps(plan.stop_frame(len(frames) + 2)))
         for task in tasks:
@@ -133,9 +140,13 @@ async def test_echo_bot_with_resampling_keeps_30db():
     async with MediaServer(EchoBot, port=0, options=options) as srv:
         plan = plan_call(synthesize_speechlike(2.0, 8000), codec="PCMU")
         far = FarEndConfig(codec="L16", sample_rate=16000)
-        result = await send_call(ws_url(srv), plan, realtime=True, linger=0.3, far_end=far)
-    heard = result.far_end.heard_audio()
-    reference = soxr.resample(plan.expected_pcm(), 8000, 16000, quality="HQ")
+        reference = soxr.resample(plan.expected_pcm(), 8000, 16000, quality="HQ")
+        # hang up once every frame's echo (one mark each) and the resampler's tail have
+        # played, not after a fixed linger that a stalled server could outlast
+        tail_heard = len(reference) - 64  # the least the length check below accepts
+        far_end = await call_until_echoed(ws_url(srv), plan, far, samples=tail_heard)
+    assert len(far_end.marks_echoed) == len(plan.media_frames())
+    heard = far_end.heard_audio()
     assert abs(len(heard) - len(reference)) <= 64
     assert best_aligned_snr(reference, heard, 64) >= 30
 

@@ -14,7 +14,7 @@ import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mediastream.recording import (
+from mediastream.media.recording import (
     WavFile,
     WavRecorder,
     recording_base,
@@ -99,10 +99,10 @@ def test_recorder_places_frames_by_position_not_arrival(tmp_path: Path):
     frames = [Frame("inbound", tone(160, i), 8000, i * 160) for i in range(20)]
     order = [1, 0, 3, 2, *range(4, 20)]
     for i in order:
-        rec.add(frames[i])
+        rec.append(frames[i])
         if i % 3 == 0:
             rec.flush()
-    rec.close_sync()
+    rec.close()
     data, _ = soundfile.read(path, dtype="int16")
     np.testing.assert_array_equal(data, np.concatenate([f.pcm for f in frames]))
 
@@ -147,7 +147,7 @@ def test_recorder_holds_the_last_audio_written_at_every_position(
         end = max(end, (slot + 1) * SLOT)
         if flush:
             recorder.flush()
-    recorder.close_sync()
+    recorder.close()
     data, _ = soundfile.read(path, dtype="int16")
     tracks = {track for track, _, _ in steps}
     if len(tracks) == 2:
@@ -158,17 +158,17 @@ def test_recorder_holds_the_last_audio_written_at_every_position(
         np.testing.assert_array_equal(data, expected[tracks.pop()][:end])
 
 
-async def test_recorder_goes_stereo_when_a_second_track_appears(tmp_path: Path):
+def test_recorder_goes_stereo_when_a_second_track_appears(tmp_path: Path):
     path = tmp_path / "s.wav"
     rec = WavRecorder(path, 8000, flush_seconds=0.05)
     inbound = tone(8000, 1)
     outbound = tone(4000, 2)
     for i in range(0, 8000, 160):
-        await rec.write(Frame("inbound", inbound[i : i + 160], 8000, i))
+        rec.append(Frame("inbound", inbound[i : i + 160], 8000, i))
         if i >= 4000:  # outbound starts half a second in
             j = i - 4000
-            await rec.write(Frame("outbound", outbound[j : j + 160], 8000, i))
-    await rec.close()
+            rec.append(Frame("outbound", outbound[j : j + 160], 8000, i))
+    rec.close()
     data, _ = soundfile.read(path, dtype="int16")
     assert data.shape == (8000, 2)
     np.testing.assert_array_equal(data[:, 0], inbound)
@@ -176,24 +176,24 @@ async def test_recorder_goes_stereo_when_a_second_track_appears(tmp_path: Path):
     np.testing.assert_array_equal(data[4000:, 1], outbound)
 
 
-async def test_outbound_only_stream_is_mono(tmp_path: Path):
+def test_outbound_only_stream_is_mono(tmp_path: Path):
     path = tmp_path / "o.wav"
     rec = WavRecorder(path, 16000)
-    await rec.write(Frame("outbound", tone(320, 3), 16000, 0))
-    await rec.close()
+    rec.append(Frame("outbound", tone(320, 3), 16000, 0))
+    rec.close()
     data, rate = soundfile.read(path, dtype="int16")
     assert rate == 16000 and data.ndim == 1
     np.testing.assert_array_equal(data, tone(320, 3))
 
 
-async def test_existing_file_is_continued(tmp_path: Path):
+def test_existing_file_is_continued(tmp_path: Path):
     path = tmp_path / "c.wav"
     first = WavRecorder(path, 8000)
-    await first.write(Frame("inbound", tone(800, 1), 8000, 0))
-    await first.close()
+    first.append(Frame("inbound", tone(800, 1), 8000, 0))
+    first.close()
     second = WavRecorder(path, 8000)
-    await second.write(Frame("inbound", tone(800, 2), 8000, 0))
-    await second.close()
+    second.append(Frame("inbound", tone(800, 2), 8000, 0))
+    second.close()
     data, _ = soundfile.read(path, dtype="int16")
     np.testing.assert_array_equal(data, np.concatenate([tone(800, 1), tone(800, 2)]))
 
@@ -219,5 +219,5 @@ def test_recover_wav_extends_a_stale_header(tmp_path: Path):
 def test_rate_mismatch_is_refused(tmp_path: Path):
     rec = WavRecorder(tmp_path / "m.wav", 8000)
     with pytest.raises(Exception, match="16000 Hz"):
-        rec.add(Frame("inbound", tone(10, 1), 16000, 0))
-    rec.close_sync()
+        rec.append(Frame("inbound", tone(10, 1), 16000, 0))
+    rec.close()

@@ -1,0 +1,147 @@
+"""The configuration tree: every setting a server takes, and the only place a default is written.
+
+``Config`` holds one frozen section per concern: ``stream`` (what shapes every stream: the
+recording, reordering, reconnects, playback), ``limits`` (what protects the server: sizes,
+counts, timeouts, the drain), ``http`` (plain HTTP beside the media socket) and the auth
+token. ``serve``, every server adapter and the CLI take it; the CLI's flags are checked
+against these fields by a test (``tests/test_config.py``), so a default written here is the one
+``--help`` shows. The sections are frozen: a server never changes the object it was given
+(``dataclasses.replace`` makes a changed copy).
+
+This module imports nothing of mediastream: every layer may read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+@dataclass(frozen=True)
+class PlaybackConfig:
+    """How audio goes back to the carrier; mirrors the ``<Stream>`` bidirectional attributes.
+
+    The start frame does not say which playback codec was requested, so the application
+    declares it here (server-wide in ``StreamOptions``, or per handler as ``playback``). The
+    defaults are Telnyx's (``bidirectionalMode`` mp3, PCMU, 8000 Hz): a server that asks the
+    carrier for nothing sends what the carrier then expects. ``serve`` builds this from the
+    same flags that write the TeXML (``server.http.playback_from_stream``). Twilio plays only
+    μ-law at 8 kHz, so a Twilio stream in mp3 mode gets that instead (see ``Player``).
+    """
+
+    mode: Literal["rtp", "mp3"] = "mp3"  # bidirectionalMode
+    codec: str = "PCMU"  # bidirectionalCodec
+    sample_rate: int = 8000  # bidirectionalSamplingRate (L16/OPUS); G.711 is 8000, G.722 16000
+    chunk_ms: int = 20
+    lead_ms: int = 60
+    send_timeout: float = 5.0
+    mp3_min_interval: float = 1.1  # the carrier allows one a second; keep a margin for jitter
+    codec_options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What shapes every stream of a server."""
+
+    record_dir: Path | None = None
+    reorder_depth: int = 8  # frames held to put reordered ones back in place
+    flush_seconds: float = 0.5  # a recording's blocks go to disk at least this often
+    codec_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # a stream whose socket closed without ``stop`` may resume on a new socket this long
+    resume_grace_seconds: float = 30.0
+    capture_dir: Path | None = None
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    # a gap (counter jump, or a track's first timestamp) longer than this is a discontinuity:
+    # the timeline restarts after the last audio instead of filling the jump with silence
+    max_gap_seconds: float = 10.0
+    # a second socket naming a live stream id waits this long: it takes over if the first one
+    # closes or sends nothing for this long, and is refused (1008) if the first keeps sending
+    takeover_seconds: float = 1.0
+    # audio a recording keeps in memory while the disk refuses it; more is counted as lost
+    max_backlog_seconds: float = 20.0
+    # after the drain deadline, each handler method still called (``on_stop``) gets this long
+    handler_stop_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("record_dir", "capture_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What protects a server reachable from the internet; every one is a ``serve`` flag."""
+
+    max_frame_bytes: int = 1 << 20
+    # streams live or suspended (each holds its open recording); also capped by ``max_sockets``
+    max_streams: int = 10_000
+    # sockets open at once, authenticated or not; None: what the file descriptor limit allows
+    # (each stream may hold a socket and a recording)
+    max_sockets: int | None = None
+    handshake_seconds: float = 10.0
+    # with an auth token and no token header, the first frame (``connected``) must come by then
+    auth_seconds: float = 5.0
+    idle_seconds: float = 60.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    drain_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Plain HTTP requests on the media port (status callbacks, TeXML)."""
+
+    max_head_bytes: int = 16 * 1024
+    max_body_bytes: int = 256 * 1024
+    # h11 takes about 8 µs a chunk, all on the event loop: 2 ms per request at most
+    max_body_chunks: int = 256
+    # below the handshake timeout (10 s), so that the 408 gets sent
+    body_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a server is told, in one tree."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    stream: StreamOptions = field(default_factory=StreamOptions)
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    http: HttpLimits = field(default_factory=HttpLimits)
+    # the streaming auth token a socket must present (header or ``connected`` frame)
+    auth_token: str | None = None
+    metrics: bool = True  # ``GET /metrics`` and the counting behind it
+
+    @classmethod
+    def merged(
+        cls,
+        config: Config | None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        record_dir: str | Path | None = None,
+        options: StreamOptions | None = None,
+        limits: ServerLimits | None = None,
+        auth_token: str | None = None,
+        metrics: bool | None = None,
+    ) -> Config:
+        """``config`` (or the defaults) with the servers' older keyword arguments applied
+        (they win): ``MediaServer(port=0, options=...)`` keeps working beside ``config=``."""
+        config = config or cls()
+        stream = options or config.stream
+        if record_dir is not None:
+            stream = replace(stream, record_dir=Path(record_dir))
+        changes: dict[str, Any] = {"stream": stream}
+        for name, value in (("host", host), ("port", port), ("limits", limits)):
+            if value is not None:
+                changes[name] = value
+        if auth_token is not None:
+            changes["auth_token"] = auth_token or None
+        if metrics is not None:
+            changes["metrics"] = metrics
+        return replace(config, **changes)

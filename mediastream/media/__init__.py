@@ -1,0 +1,1 @@
+"""Media: recording, playback, resampling and capture; above sessions, below the runtime."""
