@@ -56,4 +56,29 @@ def test_the_connection_class_overrides_only_what_the_module_docstring_names() -
         for name, value in vars(klass).items()
         if callable(value) and name != "__init__" and hasattr(ServerConnection, name)
     }
-    assert own == {"data_received", "eof_received", "connection_lost", "process_event"}
+    assert own == {"data_received", "eof_received", "connection_lost", "process_event", "recv"}
+
+
+async def test_recv_on_the_media_connection_reads_the_inbox_instead_of_hanging() -> None:
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    received: list[str | bytes] = []
+    closed = asyncio.Event()
+
+    async def handler(ws: private.MediaConnection) -> None:
+        try:
+            while True:
+                received.append(await asyncio.wait_for(ws.recv(), 5))
+        except ConnectionClosed:
+            closed.set()
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=private.MediaConnection) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/") as client:
+            await client.send("one")
+            await client.send(b"two")
+        await asyncio.wait_for(closed.wait(), 5)
+    assert received == ["one", b"two"]
