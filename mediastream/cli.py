@@ -544,16 +544,16 @@ def build_parser() -> Parser:
         "the current directory first) or path/to/file.py:Class (default: none, audio is only "
         "recorded)",
     )
+    limits = ServerLimits()
+    stream_defaults = StreamOptions()
     p.add_argument(
         "--reorder-depth",
         type=int,
-        default=8,
+        default=stream_defaults.reorder_depth,
         metavar="FRAMES",
         help="frames held to reorder before a missing one counts as lost (default: "
         "%(default)s frames)",
     )
-    limits = ServerLimits()
-    stream_defaults = StreamOptions()
     p.add_argument(
         "--auth-token",
         metavar="TOKEN",
@@ -564,7 +564,7 @@ def build_parser() -> Parser:
     p.add_argument(
         "--resume-grace",
         type=float,
-        default=30.0,
+        default=stream_defaults.resume_grace_seconds,
         metavar="SECONDS",
         help="a stream whose socket closed without stop may resume this long (default: "
         "%(default)s s)",

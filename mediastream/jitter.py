@@ -13,9 +13,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from mediastream.config import StreamOptions
+
 T = TypeVar("T")
 
-DEFAULT_DEPTH = 8
+DEFAULT_DEPTH = StreamOptions.reorder_depth  # the one default, in config.py
 # A jump larger than this is a counter discontinuity (restart, wrap), not a run of lost frames:
 # 500 frames is 10 s of 20 ms frames. Beyond it, or once the silence filled in would exceed the
 # audio received plus this much, the timeline restarts after the last frame instead of filling

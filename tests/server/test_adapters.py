@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mediastream import MediaApp, MediaServer, StreamHandler
 from mediastream.config import Config, ServerLimits, StreamOptions
 from mediastream.simulate import plan_call, send_call, synthesize_speechlike
+from tests.server.test_asgi import uvicorn_serving
 from tests.server.test_faults import closed_code, frame, start, stop
 from tests.server.test_websocket import independent_decode
 from tests.telnyx.helpers import raw_request
@@ -51,21 +51,8 @@ async def running(
             yield Running(f"ws://127.0.0.1:{server.port}/stream", server.port, server)
         return
     app = MediaApp(handler, config=config)
-    uv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(uv.serve())
-    try:
-        for _ in range(500):
-            if uv.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert uv.started, "uvicorn did not start"
-        port = uv.servers[0].sockets[0].getsockname()[1]
+    async with uvicorn_serving(app) as port:  # type: ignore[arg-type]
         yield Running(f"ws://127.0.0.1:{port}/stream", port, app)
-    finally:
-        uv.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 def recorded(record_dir: Path, stream_id: str) -> np.ndarray:
