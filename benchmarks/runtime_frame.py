@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import gc
 import json
 import shutil
@@ -48,11 +49,18 @@ def _frames(stream_id: str, count: int) -> list[str]:
     return out
 
 
-async def _round(streams: int, frames: int, record: bool) -> float:
+# quality reports (``runtime/report.py``) can be turned off since they exist; older checkouts
+# have no such setting, and always run without them
+HAS_REPORTS = "reports" in {f.name for f in dataclasses.fields(StreamOptions)}
+
+
+async def _round(streams: int, frames: int, record: bool, reports: bool = HAS_REPORTS) -> float:
     """µs per frame over ``streams`` x ``frames`` media frames."""
     directory = Path(tempfile.mkdtemp())
     try:
         options = StreamOptions(record_dir=directory if record else None)
+        if HAS_REPORTS:
+            options = dataclasses.replace(options, reports=reports)
         registry = StreamRegistry(StreamHandler, options)
         texts = [_frames(f"s{n}", frames) for n in range(streams)]
         connections = []
@@ -80,10 +88,12 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="best of this many (5)")
     args = parser.parse_args()
     for record in (False, True):
-        costs = [await _round(args.streams, args.frames, record) for _ in range(args.rounds)]
-        print(
-            f"{'record' if record else 'no-op '}  {min(costs):.2f} µs/frame (best of {args.rounds})"
-        )
+        for reports in (True, False) if HAS_REPORTS else (False,):
+            costs = [
+                await _round(args.streams, args.frames, record, reports) for _ in range(args.rounds)
+            ]
+            name = ("record" if record else "no-op ") + (" +reports" if reports else "")
+            print(f"{name:16} {min(costs):.2f} µs/frame (best of {args.rounds})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ One run starts, for each codec, three servers pinned to one core:
   only parses each frame, base64-decodes it and decodes the audio (audioop / the ``G722``
   package), then computes the frame's lag;
 - ``noop``: ``mediastream serve`` with a handler that only computes the lag;
-- ``record``: the same with ``--record-dir``.
+- ``record``: the same with ``--record-dir``;
+- ``picows-noop``, ``picows-record`` (asked for with ``--servers``): the same two on
+  ``serve --transport picows``.
 
 Load generators run in separate processes on the other core(s). Each opens N streams paced in
 real time (one 20 ms frame per stream every 20 ms; streams start 200 per second) on raw
@@ -22,6 +24,16 @@ streams (per server; ``record`` is the figure that counts).
     python benchmarks/server_load.py                 # PCMU and G722, a full run (~25 min)
     python benchmarks/server_load.py --quick         # ~60 s smoke run (small fixed N)
     python benchmarks/server_load.py --codec G722 --servers noop baseline
+    python benchmarks/server_load.py --codec PCMU --servers noop record --before 0b4bbf1
+
+``--before REV`` compares two versions of mediastream in one run: REV is exported (``git
+archive REV | tar -x``, into the run's temporary directory) and every mediastream server gets
+a twin, ``noop@before`` / ``record@before``, that runs ``python -m mediastream serve`` with
+PYTHONPATH and cwd at the export (the installed editable package stays behind them on
+``sys.path``). The twins join the same N ladder and the same per-N turns, and the table gives
+after/before. The handler is this file in both trees (it imports ``StreamHandler`` from where
+each tree has it) and prints the ``mediastream`` package it was loaded with; a server whose
+package is not the tree it claims stops the run.
 
 Linux only (CPU affinity, /proc). Loopback only, every process bounded in time.
 """
@@ -49,7 +61,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mediastream.runtime.handler import StreamHandler
+try:
+    from mediastream.runtime.handler import StreamHandler
+except ImportError:  # a tree from before the runtime refactor (--before)
+    from mediastream.handler import StreamHandler  # type: ignore[no-redef]
 from mediastream.session import Audio
 
 HERE = Path(__file__).resolve()
@@ -75,6 +90,12 @@ def save_lags(stream_id: str, t0: float, lags: list[float], missing: int) -> Non
         data = np.array([t0, float(missing), *lags], dtype=np.float64)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", stream_id)
         np.save(Path(directory) / f"{name}.npy", data)
+
+
+if os.environ.get(LAG_DIR_ENV) and __name__ != "__main__":  # loaded by a server as its handler
+    import mediastream
+
+    print(f"handler loaded with mediastream from {Path(mediastream.__file__).parent}", flush=True)
 
 
 class LagHandler(StreamHandler):
@@ -336,13 +357,16 @@ def _raise_fd_limit() -> None:
 class Server:
     """One server process on its core, with a directory for its lag files."""
 
-    def __init__(self, name: str, codec: str, core: int, work: Path, loop: str) -> None:
+    def __init__(
+        self, name: str, codec: str, core: int, work: Path, loop: str, tree: Path = REPO
+    ) -> None:
         self.name, self.codec, self.core = name, codec, core
         self.lag_dir = work / f"lags-{name}-{codec}"
         self.record_dir = work / f"rec-{name}-{codec}"
         self.lag_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, LAG_DIR_ENV: str(self.lag_dir), "PYTHONPATH": str(REPO)}
-        if name == "baseline":
+        env = {**os.environ, LAG_DIR_ENV: str(self.lag_dir), "PYTHONPATH": str(tree)}
+        kind = name.split("@")[0]  # "record@before" is a record server of the --before tree
+        if kind == "baseline":
             command = [sys.executable, str(HERE), "_baseline", "--codec", codec, "--loop", loop]
         else:
             command = [
@@ -353,7 +377,9 @@ class Server:
             ]  # fmt: skip
             if loop != "asyncio":
                 command += ["--loop", loop]
-            if name == "record":
+            if kind.startswith("picows-"):  # picows-noop, picows-record
+                command += ["--transport", "picows"]
+            if kind.endswith("record"):
                 command += ["--record-dir", str(self.record_dir)]
         self.proc = subprocess.Popen(
             command,
@@ -361,7 +387,7 @@ class Server:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=REPO,
+            cwd=tree,
             preexec_fn=lambda: (os.sched_setaffinity(0, {core}), _raise_fd_limit()),
         )
         assert self.proc.stdout is not None
@@ -379,6 +405,12 @@ class Server:
         if not self.port:
             self.stop()
             raise RuntimeError(f"{name} server did not start:\n" + "".join(lines))
+        loaded = [line.split(" from ", 1)[1].strip() for line in lines if "loaded with" in line]
+        if kind != "baseline":
+            if [Path(p).resolve() for p in loaded] != [(tree / "mediastream").resolve()]:
+                self.stop()
+                raise RuntimeError(f"{name} server loaded mediastream from {loaded}, not {tree}")
+            print(f"  {name}: mediastream from {loaded[0]}", flush=True)
         self._drain_output()
 
     def _drain_output(self) -> None:
@@ -535,8 +567,8 @@ def measure_memory(
 ) -> dict[str, float]:
     """Resident memory per active stream at ``args.memory_streams`` streams, per server."""
     out: dict[str, float] = {}
-    for name in args.servers:
-        server = Server(name, codec, args.server_core, work, args.loop)
+    for name, tree in args.variants:
+        server = Server(name, codec, args.server_core, work, args.loop, tree)
         try:
             probe(server, 10, 1.0, 1, gen_cores, f"warm-{name}")
             idle = _rss_bytes(server.proc.pid)
@@ -574,7 +606,27 @@ def report(results: list[ServerResult], memory: dict[str, dict[str, float]]) -> 
             if best
             else f"| {r.codec} | {r.name} | none passed | - | - | - | - | - |"
         )
+    bests = {(r.codec, r.name): r.best for r in results if r.best}
+    for (codec, name), before in bests.items():  # --before: the twins' ratios
+        after = bests.get((codec, name.removesuffix("@before")))
+        if name.endswith("@before") and after:
+            lines.append(
+                f"\n{codec} {name.removesuffix('@before')} after/before: streams "
+                f"{after.streams / before.streams:.2f}x, CPU µs/frame "
+                f"{after.cpu_us_per_frame / before.cpu_us_per_frame:.2f}x"
+            )
     return "\n".join(lines)
+
+
+def export_tree(rev: str, work: Path) -> Path:
+    """``git archive rev`` unpacked under ``work``: the code of ``--before``."""
+    tree = work / "before"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -594,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", nargs="+", default=["PCMU", "G722"], choices=["PCMU", "G722"])
     parser.add_argument(
         "--servers", nargs="+", default=["baseline", "noop", "record"],
-        choices=["baseline", "noop", "record"],
+        choices=["baseline", "noop", "record", "picows-noop", "picows-record"],
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="~60 s smoke run, small fixed N")
     parser.add_argument("--quick-streams", type=int, nargs="+", default=[100])
@@ -608,6 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write every probe as JSON")
+    parser.add_argument(
+        "--before", metavar="REV",
+        help="also run each mediastream server from git revision REV, as NAME@before",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.role == "_baseline":
@@ -636,11 +692,17 @@ def main(argv: list[str] | None = None) -> int:
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mediastream-load-") as tmp:
         work = Path(tmp)
+        before = export_tree(args.before, work) if args.before else None
+        args.variants = []  # (name, tree): each server, with its --before twin after it
+        for name in args.servers:
+            args.variants.append((name, REPO))
+            if before and name != "baseline":
+                args.variants.append((f"{name}@before", before))
         for codec in args.codec:
             servers: list[Server] = []
             try:
-                for name in args.servers:
-                    servers.append(Server(name, codec, args.server_core, work, args.loop))
+                for name, tree in args.variants:
+                    servers.append(Server(name, codec, args.server_core, work, args.loop, tree))
                 results.extend(find_capacities(servers, args, gen_cores, log))
             finally:
                 for server in servers:

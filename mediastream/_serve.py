@@ -20,6 +20,10 @@ def serve(
     *,
     record_dir: str | Path | None = None,
     options: StreamOptions | None = None,
+    transport: str = "websockets",
 ) -> None:
-    """Serve ``handler`` (one instance per stream) until SIGINT/SIGTERM."""
-    serve_blocking(handler, host=host, port=port, record_dir=record_dir, options=options)
+    """Serve ``handler`` (one instance per stream) until SIGINT/SIGTERM; ``transport`` is
+    ``websockets`` (portable, every route on one port) or ``picows`` (extra ``[picows]``)."""
+    serve_blocking(
+        handler, host=host, port=port, record_dir=record_dir, options=options, transport=transport
+    )

@@ -1,4 +1,4 @@
-"""The ``mediastream`` command: serve, demo, simulate, bench, texml."""
+"""The ``mediastream`` command: serve, demo, simulate, replay, bench, inspect, texml."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from mediastream.config import (
 from mediastream.errors import MediaStreamError, UsageError, install_hint
 from mediastream.logs import LOG_FORMAT, configure_logging
 from mediastream.runtime.handler import StreamHandler
+from mediastream.server.base import TRANSPORTS, CoreServer, server_class
 from mediastream.server.routes import CALLBACK_PATH, METRICS_PATH, TEXML_PATH
 from mediastream.server.websocket import MediaServer
 from mediastream.telnyx.texml import add_texml_command
@@ -114,6 +115,10 @@ def _import_failure(spec: str, exc: ImportError | SyntaxError) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     worker = args.ready_fd is not None  # started by a --workers supervisor
+    if args.http_port is not None and args.transport != "picows":
+        raise UsageError("--http-port is for --transport picows (websockets serves every route)")
+    if args.http_port == 0 and args.workers > 1:
+        raise UsageError("--http-port 0 with --workers: give a port number, the workers share it")
     http = http_routes_from_args(args)  # a bad Telnyx flag fails here, before any worker
     handler = load_handler(args.handler) if args.handler else StreamHandler  # and before any
     if args.record_dir and not worker:  # the supervisor probes once for all its workers
@@ -125,14 +130,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_handler_playback(handler, playback)
     config = config_from_args(args, playback)
     options = config.stream
-    server = MediaServer(handler, config=config, http=http, reuse_port=worker)
+    transport = server_class(args.transport)
+    server = transport(handler, config=config, http=http, reuse_port=worker)
 
     listening = False
 
-    def ready(srv: MediaServer) -> None:
+    def ready(srv: CoreServer) -> None:
         nonlocal listening
         listening = True
         print(_ready_line(srv.host, srv.port, options.record_dir), flush=True)
+        if getattr(srv, "http_port", None):  # picows: the routes that take a body are here
+            print(f"mediastream: HTTP routes on http://{srv.host}:{srv.http_port}/", flush=True)
 
     on_ready = ready
     if worker:
@@ -184,6 +192,8 @@ def config_from_args(args: argparse.Namespace, playback: PlaybackConfig) -> Conf
         http=HttpLimits(body_seconds=args.body_timeout),
         auth_token=token,
         metrics=not args.no_metrics,
+        allow_public_streams=args.allow_public_streams,
+        http_port=args.http_port,
     )
     return config
 
@@ -436,6 +446,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+# ------------------------------------------------------------------ inspect
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mediastream.inspect import run
+
+    return run(args.files, as_json=args.json, png=args.png, spectrogram=args.spectrogram)
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -520,7 +539,8 @@ def build_parser() -> Parser:
         description=f"Accept carrier WebSocket streams on any path, decode their audio and "
         f"hand it to a handler; optionally record every stream to WAV. Plain HTTP on the same "
         f"port: GET /healthz (liveness and stream counts), GET {METRICS_PATH} (Prometheus; "
-        f"off with --no-metrics), GET or POST {TEXML_PATH} (TeXML that streams a call here) "
+        f"off with --no-metrics), GET /streams and GET /calls (the live calls, as JSON and "
+        f"as a page), GET or POST {TEXML_PATH} (TeXML that streams a call here) "
         f"and POST {CALLBACK_PATH} (Telnyx stream status callbacks). Stops cleanly on Ctrl-C "
         f"or SIGTERM, finishing every recording.",
     )
@@ -656,6 +676,21 @@ def build_parser() -> Parser:
         "are closed (and cancelled) (default: %(default)s s)",
     )
     p.add_argument(
+        "--transport",
+        default="websockets",
+        choices=list(TRANSPORTS),
+        help="WebSocket library: websockets (every route on one port) or picows (faster; "
+        "extra [picows]; POST routes need --http-port) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=Config().http_port,
+        metavar="PORT",
+        help="with --transport picows: a second port serving every HTTP route, POST ones "
+        "(status callbacks, POST /texml) included; 0 picks a free one (default: none)",
+    )
+    p.add_argument(
         "--loop",
         default="asyncio",
         choices=["asyncio", "uvloop"],
@@ -666,6 +701,13 @@ def build_parser() -> Parser:
         action="store_true",
         help=f"do not serve GET {METRICS_PATH} (Prometheus; summed over workers with "
         "--workers N) (default: served)",
+    )
+    p.add_argument(
+        "--allow-public-streams",
+        action="store_true",
+        help="serve GET /streams and /calls (the live calls, their levels) on a non-loopback "
+        "--host without --auth-token (default: refused, 403, unless the host is loopback or a "
+        "token is set)",
     )
     p.add_argument(
         "--workers",
@@ -683,6 +725,7 @@ def build_parser() -> Parser:
         func=cmd_serve,
         ranges={
             "--port": Range(0, 65535),
+            "--http-port": Range(0, 65535),
             "--reorder-depth": NOT_NEGATIVE,
             "--resume-grace": NOT_NEGATIVE,
             "--max-frame-bytes": AT_LEAST_ONE,
@@ -895,6 +938,36 @@ def build_parser() -> Parser:
         "--json", action="store_true", help="print JSON instead of a table (default: a table)"
     )
     p.set_defaults(func=cmd_bench, ranges={"--seconds": POSITIVE})
+
+    p = sub.add_parser(
+        "inspect",
+        help="a recording's quality report as a table or JSON; --png draws the call",
+        description="Print each WAV's quality report: the server's (the <stem>.json sidecar "
+        "beside it) when there is one, else what the WAV alone tells (duration, per channel "
+        "level, peak, clipped samples, digital silence, and gaps: runs of exact digital "
+        "silence of 20 ms or more).",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE.wav", help="recording(s) to inspect")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: the report object for one file, a list of them for several "
+        "(default: a table)",
+    )
+    p.add_argument(
+        "--png",
+        metavar="OUT",
+        help="draw the call (waveform per channel, gaps, reconnects, level over time) to "
+        "OUT.png, or as <stem>.png into folder OUT (for several files; --png DIR with the "
+        "record folder puts each beside its WAV, where GET /calls links it); needs the "
+        "inspect extra (default: no picture)",
+    )
+    p.add_argument(
+        "--spectrogram",
+        action="store_true",
+        help="with --png, add a spectrogram per channel (default: off)",
+    )
+    p.set_defaults(func=cmd_inspect)
 
     p = add_texml_command(sub)
     p.set_defaults(func=cmd_texml)

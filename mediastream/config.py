@@ -65,6 +65,20 @@ class StreamOptions:
     max_backlog_seconds: float = 20.0
     # after the drain deadline, each handler method still called (``on_stop``) gets this long
     handler_stop_seconds: float = 2.0
+    # a quality report per stream (``runtime/report.py``): figures kept per frame, a JSON
+    # sidecar beside the WAV, ``Call.report``, a summary line; off: none of it is computed
+    reports: bool = True
+    # reports of ended streams kept in memory, newest first (``StreamRegistry.recent_reports``)
+    recent_reports: int = 100
+    # entries a report lists in ``gaps`` and in ``reconnects`` each; more are counted in
+    # ``frames.lost`` but not listed (logged once per stream)
+    report_max_entries: int = 1000
+    # a live level (``StreamRegistry.live_snapshots``) covers this much audio; the levels are
+    # computed once per window, not per frame
+    level_window_seconds: float = 0.5
+    # a frame whose samples all lie within ±this is digital silence: 0 for μ-law and L16,
+    # 8 covers A-law's quietest code (decoded ±8)
+    digital_silence_peak: int = 8
 
     def __post_init__(self) -> None:
         for name in ("record_dir", "capture_dir"):
@@ -90,11 +104,18 @@ class ServerLimits:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     drain_seconds: float = 30.0
+    # a socket's messages read and not yet handled: above this many, reading from it pauses
+    # (until its reader has taken them all), so a slow handler holds back only its own peer
+    inbox_high_water: int = 64
+    # picows: each socket's first read buffer (it doubles when a frame needs more); its own
+    # default, 16 KiB, cost 36 KiB per open socket against 24 KiB at 4 KiB (a media frame is
+    # well under 1 KiB)
+    read_buffer_bytes: int = 4096
 
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """Plain HTTP requests on the media port (status callbacks, TeXML)."""
+    """Plain HTTP requests on the media port (status callbacks, TeXML, the live view)."""
 
     max_head_bytes: int = 16 * 1024
     max_body_bytes: int = 256 * 1024
@@ -102,6 +123,10 @@ class HttpLimits:
     max_body_chunks: int = 256
     # below the handshake timeout (10 s), so that the 408 gets sent
     body_seconds: float = 5.0
+    # most streams (or ended-stream reports) one ``GET /streams`` returns: ``?limit=`` is
+    # capped here, so that a poll costs the same at 1,000 streams as at 100: measured at 1,000
+    # two-track streams, 1 ms of the event loop for the live page's 50, 2 ms for 100
+    max_streams_page: int = 100
 
 
 @dataclass(frozen=True)
@@ -116,6 +141,13 @@ class Config:
     # the streaming auth token a socket must present (header or ``connected`` frame)
     auth_token: str | None = None
     metrics: bool = True  # ``GET /metrics`` and the counting behind it
+    # ``serve --transport picows``: picows refuses request bodies, so every HTTP route (POST
+    # ones: status callbacks, ``POST /texml``) is also served on this second port by uvicorn
+    # (None: no second port, and no POST route; 0: any free port)
+    http_port: int | None = None
+    # ``GET /streams``, ``/calls`` and ``/reports/`` on a non-loopback address with no auth
+    # token: refused (403) unless this is set (``serve --allow-public-streams``)
+    allow_public_streams: bool = False
 
     @classmethod
     def merged(

@@ -58,8 +58,9 @@ def escape(text: object) -> str:
 
 
 # websockets logs "server listening", "connection open", "connection closed" at INFO for every
-# socket: at our default level they would double every call's lines (we log its start and end)
-QUIET_BELOW_WARNING = ("websockets.",)
+# socket (picows and uvicorn, under ``serve --transport picows``, the like): at our default
+# level they would double every call's lines (we log its start and end)
+QUIET_BELOW_WARNING = ("websockets.", "picows.", "uvicorn.")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

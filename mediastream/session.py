@@ -192,6 +192,10 @@ class Session:
         self._early_reported = False
         # the decoder made to validate the codec at start serves the first track
         self._probe_decoder: codecs.Decoder | None = None
+        # the last media frame's track and counter, whatever became of it: what arrival
+        # timing (``runtime/report.py``) needs, since a held frame's ``Audio`` comes later
+        self.media_track: str | None = None
+        self.media_key: int | None = None
 
     # ------------------------------------------------------------ input
 
@@ -325,6 +329,7 @@ class Session:
     ) -> list[Event]:
         """One media frame of a started stream: decoded now if it is the next one expected
         (the common case), else through the reorder buffer."""
+        self.media_track, self.media_key = track_name, key
         try:
             payload = decode_base64(payload_text, stream_id=self.stream_id)
         except ProtocolError as exc:

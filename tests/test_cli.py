@@ -42,7 +42,15 @@ def test_every_flag_of_every_command_states_its_default_and_unit():
     from mediastream.cli import build_parser
 
     parser = build_parser()
-    assert set(parser.commands) == {"serve", "demo", "simulate", "replay", "bench", "texml"}
+    assert set(parser.commands) == {
+        "serve",
+        "demo",
+        "simulate",
+        "replay",
+        "bench",
+        "inspect",
+        "texml",
+    }
     checked = 0
     for command, sub_parser in [("mediastream", parser), *parser.commands.items()]:
         for action in sub_parser._actions:

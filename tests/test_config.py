@@ -30,6 +30,7 @@ FLAGS = {
     "--drain-seconds": ("limits", "drain_seconds", 4.0),
     "--body-timeout": ("http", "body_seconds", 2.0),
     "--auth-token": (None, "auth_token", "t0ken"),
+    "--http-port": (None, "http_port", 9001),
 }
 
 
@@ -70,13 +71,22 @@ def test_every_serve_setting_has_a_flag_or_a_reason() -> None:
         ("stream", "codec_options"),  # API only
         ("stream", "flush_seconds"),  # API only: the 1 s loss bound depends on it
         ("stream", "handler_stop_seconds"),  # API only
+        ("stream", "reports"),  # API only (the quality report, on by default)
+        ("stream", "recent_reports"),  # API only
+        ("stream", "report_max_entries"),  # API only
+        ("stream", "level_window_seconds"),  # API only
+        ("stream", "digital_silence_peak"),  # API only
         ("limits", "max_sockets"),  # from the file descriptor limit
         ("limits", "ping_interval"),  # --ping-interval
         ("limits", "ping_timeout"),  # --ping-interval
         ("http", "max_head_bytes"),
         ("http", "max_body_bytes"),
         ("http", "max_body_chunks"),
+        ("http", "max_streams_page"),  # API only: the live page asks for less
+        (None, "allow_public_streams"),  # --allow-public-streams (a switch: tested below)
         (None, "metrics"),  # --no-metrics
+        ("limits", "inbox_high_water"),  # API only: a flow-control bound, not a policy
+        ("limits", "read_buffer_bytes"),  # API only: picows' first allocation per socket
     }
     fields = {
         (None, f.name)
@@ -90,6 +100,12 @@ def test_every_serve_setting_has_a_flag_or_a_reason() -> None:
     ):
         fields |= {(section, f.name) for f in dataclasses.fields(klass)}
     assert fields - flagged - decided_elsewhere == set()
+
+
+def test_allow_public_streams_is_a_switch_off_by_default() -> None:
+    assert config_from_args(serve_args(), PlaybackConfig()).allow_public_streams is False
+    config = config_from_args(serve_args("--allow-public-streams"), PlaybackConfig())
+    assert config.allow_public_streams is True
 
 
 def test_the_sections_are_frozen_and_paths_are_paths() -> None:

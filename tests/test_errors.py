@@ -76,3 +76,13 @@ def test_loop_uvloop_without_uvloop_prints_the_hint(monkeypatch: pytest.MonkeyPa
         run_event_loop(coroutine, "uvloop")
     coroutine.close()
     assert str(caught.value) == f"--loop uvloop needs uvloop: {install_hint('uvloop')}"
+
+
+def test_transport_picows_without_picows_prints_the_hint(monkeypatch: pytest.MonkeyPatch):
+    from mediastream.server.base import server_class
+
+    monkeypatch.setitem(sys.modules, "picows", None)  # ``import picows`` raises ImportError
+    monkeypatch.delitem(sys.modules, "mediastream.server.picows", raising=False)
+    with pytest.raises(UsageError) as caught:
+        server_class("picows")
+    assert str(caught.value) == f"--transport picows needs picows: {install_hint('picows')}"

@@ -82,11 +82,12 @@ def test_serve_is_a_function_with_its_documented_signature():
     serve = mediastream.serve
     assert inspect.isfunction(serve)
     parameters = inspect.signature(serve).parameters
-    assert list(parameters) == ["handler", "host", "port", "record_dir", "options"]
+    assert list(parameters) == ["handler", "host", "port", "record_dir", "options", "transport"]
     assert parameters["handler"].default is mediastream.StreamHandler
     assert (parameters["host"].default, parameters["port"].default) == ("127.0.0.1", 8765)
     keyword_only = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
-    assert keyword_only == ["record_dir", "options"]
+    assert keyword_only == ["record_dir", "options", "transport"]
+    assert parameters["transport"].default == "websockets"
 
 
 def _modules_loaded_by(statement: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,6 +28,39 @@ class Transport(Protocol):
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None: ...
 
 
+class PlaybackTally:
+    """What a call played, for its report: counts, and the playbacks not resolved yet (those a
+    player still holds; resolved ones are folded into the totals at the next ``add``)."""
+
+    __slots__ = ("_pending", "cleared", "heard_ms", "items")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.cleared = 0
+        self.heard_ms = 0.0  # of resolved playbacks
+        self._pending: list[Playback] = []
+
+    def add(self, playback: Playback) -> Playback:
+        self.items += 1
+        self._fold()
+        self._pending.append(playback)
+        return playback
+
+    def clearing(self) -> None:
+        """A ``clear`` is about to cut every unresolved playback short."""
+        self._fold()
+        self.cleared += len(self._pending)
+
+    def _fold(self) -> None:
+        if any(p.done for p in self._pending):
+            self.heard_ms += sum(p.heard_ms for p in self._pending if p.done)
+            self._pending = [p for p in self._pending if not p.done]
+
+    def totals(self) -> tuple[int, float, int]:
+        self._fold()
+        return self.items, self.heard_ms + sum(p.heard_ms for p in self._pending), self.cleared
+
+
 @dataclass(eq=False)
 class Call:
     """The call behind a stream: ids and parameters from ``start``, and the outbound commands."""
@@ -44,6 +77,10 @@ class Call:
     media_format: MediaFormat = field(default_factory=MediaFormat)
     sample_rate: int = 8000
     playback_config: PlaybackConfig = field(default_factory=PlaybackConfig, repr=False)
+    # the stream's quality report (``mediastream.runtime.report``), a JSON-ready dict: set
+    # when the stream ends, before ``on_stop`` runs; None while it is live, or with reports off
+    report: dict[str, Any] | None = field(default=None, repr=False)
+    _tally: PlaybackTally = field(default_factory=PlaybackTally, init=False, repr=False)
     _transport: Transport | None = field(default=None, init=False, repr=False)
     _session: Session | None = field(default=None, init=False, repr=False)
     _player: Player | None = field(default=None, init=False, repr=False)
@@ -122,11 +159,11 @@ class Call:
 
     async def play(self, pcm: np.ndarray, sample_rate: int) -> Playback:
         """Queue int16 mono PCM for the caller; ``await (await play(...)).finished()``."""
-        return await self._ensure_player().play(pcm, sample_rate)
+        return self._tally.add(await self._ensure_player().play(pcm, sample_rate))
 
     async def play_file(self, path: str | Path) -> Playback:
         """Play any file soundfile reads (WAV, FLAC, OGG, MP3), at any rate."""
-        return await self._ensure_player().play_file(str(path))
+        return self._tally.add(await self._ensure_player().play_file(str(path)))
 
     async def mark(self, name: str) -> None:
         """A ``mark`` after the audio queued so far; echoed to ``on_mark`` once that played."""
@@ -134,7 +171,13 @@ class Call:
 
     async def clear(self) -> None:
         """Barge-in: stop playback now, drop our queue and the carrier's (queued marks return)."""
-        await self._ensure_player().clear()
+        player = self._ensure_player()
+        self._tally.clearing()
+        await player.clear()
+
+    def playback_totals(self) -> tuple[int, float, int]:
+        """(playbacks queued, ms of them heard so far, playbacks cut short by ``clear``)."""
+        return self._tally.totals()
 
     async def hang_up_stream(self, reason: str = "closed by application") -> None:
         """Close this stream's socket (the call itself goes on)."""

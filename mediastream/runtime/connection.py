@@ -41,15 +41,18 @@ from mediastream.session import (
     MarkEcho,
     Session,
     Started,
+    State,
     Stopped,
 )
 
 if TYPE_CHECKING:
     from mediastream.runtime.registry import StreamRegistry
+    from mediastream.runtime.report import StreamFigures
 
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_SECOND = 50  # 20 ms frames: what the gap bound in frames is counted in
+_STREAMING = State.STREAMING
 
 
 def _ignore_outcome(task: asyncio.Future[None]) -> None:
@@ -86,6 +89,7 @@ class StreamConnection:
         self._counted = False  # this socket's counts went into its stream's totals
         self._done = asyncio.Event()
         self._early_errors: dict[str, int] = {}
+        self._figures: StreamFigures | None = None  # its stream's, while it owns it
         self._capture = CaptureWriter(options.capture_dir) if options.capture_dir else None
         self._auth_token = auth_token  # redacted from captures
         # plain counters per frame, published in batches (server/metrics.py)
@@ -110,6 +114,11 @@ class StreamConnection:
     def owns_stream(self) -> bool:
         return self.stream is not None and self.stream.owner is self
 
+    @property
+    def counted(self) -> bool:
+        """Whether this socket's counts went into its stream's totals (it is done)."""
+        return self._counted
+
     # ------------------------------------------------------------ what adapters and the core call
 
     async def receive(self, message: str | bytes) -> bool:
@@ -127,7 +136,15 @@ class StreamConnection:
                 error = Error("binary_frame", "binary frame rejected: frames must be JSON text")
                 self._note_error(error)
                 return True
-            events = self.session.receive_text(message)
+            session = self.session
+            media_frames = session.stats.media_frames
+            events = session.receive_text(message)
+            figures = self._figures
+            if figures is not None and session.stats.media_frames != media_frames:
+                # a media frame arrived now: its timing, whatever becomes of it
+                stream = self.stream
+                if session.state is _STREAMING and stream is not None and stream.life.owner is self:
+                    figures.arrived(session.media_track, session.media_key, now)
             if self._capture is not None and self.session.stream_id:
                 self._capture.name(self.session.stream_id)
             return await self._dispatch(events)
@@ -241,6 +258,7 @@ class StreamConnection:
         meter = self.meter
         if stream is not None and stream.owner is not self:
             return self._replaced(events)
+        figures = stream.figures if stream is not None else None
         for index, event in enumerate(events):
             if isinstance(event, Audio):
                 if stream is None:
@@ -253,11 +271,19 @@ class StreamConnection:
                     keep_going &= handled
                     if handled and meter is not None:  # handler lag: plain ints
                         meter.handled(event, self.last_activity)
+                    if figures is not None:  # one call a frame: its audio, and its lag
+                        if handled:
+                            figures.handled(event, self.last_activity)
+                        else:
+                            figures.audio(event)
+                elif figures is not None:
+                    figures.audio(event)
                     if stream.owner is not self:  # taken over while the handler ran
                         return self._replaced(events[index + 1 :])
             elif isinstance(event, Started):
                 keep_going &= await self._on_started(event)
                 stream = self.stream
+                figures = stream.figures if stream is not None else None
             elif isinstance(event, Dtmf):
                 if stream is not None:
                     keep_going &= await stream.call_handler("on_dtmf", event.digit)
@@ -358,6 +384,7 @@ class StreamConnection:
             self.life.close(refused.code, refused.reason, Cause.REFUSED)
             return False
         self.stream, self._resumed = stream, resumed
+        self._figures = stream.figures
         if self.life.state is SocketState.OPEN:
             self.life.stream()
         if resumed:

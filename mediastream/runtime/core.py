@@ -297,6 +297,25 @@ class MediaCore:
                 return False
         return await connection.receive(message)
 
+    async def run_reader(self, connection: StreamConnection, reading: Awaitable[None]) -> None:
+        """Run an adapter's read loop for ``connection``, with what every adapter does when it
+        ends early: a shutdown that cancelled it on purpose still records the messages read and
+        not handed over (``accept``'s ``unread``); a bug on this socket's path ends this socket
+        (1011, audio kept), never the server. Any other cancellation propagates."""
+        try:
+            await reading
+        except asyncio.CancelledError:
+            if not self.was_stopped(connection):
+                raise
+            unread = self._unread.get(connection)
+            for message in unread() if unread is not None else ():  # the handler was stuck
+                await self.receive(connection, message)
+        except Exception as exc:
+            logger.exception("stream %s: internal error; closing this socket", connection.log_id)
+            connection.break_off(f"internal error ({type(exc).__name__})")
+            with contextlib.suppress(Exception):
+                await connection.transport.close(connection.close_code, connection.close_reason)
+
     def was_stopped(self, connection: StreamConnection) -> bool:
         """True (once) if shutdown cancelled this socket's reader on purpose: the adapter
         then records what it still holds and finishes, instead of propagating."""

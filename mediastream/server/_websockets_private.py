@@ -49,7 +49,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.protocol import State
 
-from mediastream.config import HttpLimits
+from mediastream.config import HttpLimits, ServerLimits
 from mediastream.errors import install_hint
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class HttpBodyConnection(ServerConnection):
 
 # Reading from the socket pauses above this many undelivered messages and resumes once the
 # reader has taken them all: a slow handler holds back its own peer, never the server.
-INBOX_HIGH_WATER = 64
+INBOX_HIGH_WATER = ServerLimits.inbox_high_water  # the default, from config.py
 MAX_FRAGMENTS = 4096
 
 

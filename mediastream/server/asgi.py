@@ -9,7 +9,7 @@ sub-application::
     media = MediaApp(Bot, record_dir="recordings")
     app = Starlette(lifespan=media.lifespan)   # finalizes recordings on shutdown
     media.mount(app)                           # /stream, /callbacks/stream, /texml, /metrics,
-                                               # /healthz
+                                               # /healthz, /streams, /calls, /reports/
     # or: app.mount("/telnyx", media)          # any sub-path; WebSocket = media, HTTP = routes
 
 The ASGI server owns keepalive pings, the handshake timeout and its own frame size limit;
@@ -35,6 +35,7 @@ from mediastream.runtime.core import HEALTH_PATH, HttpRequest, HttpResponse, Med
 from mediastream.runtime.handler import HandlerFactory, StreamHandler
 from mediastream.runtime.lifecycle import CLOSE_TOO_BIG, Cause
 from mediastream.runtime.observer import NO_OBSERVER
+from mediastream.server.live import CALLS_PATH, REPORTS_PATH, STREAMS_PATH
 from mediastream.server.metrics import ServerMetrics
 from mediastream.server.routes import STREAM_PATH, HttpRoutes
 
@@ -101,7 +102,7 @@ class MediaApp:
         self.core = MediaCore(
             handler, config, observer=self.metrics or NO_OBSERVER, routes=self.http.handle
         )
-        self.http.attach(self.core.registry, self.metrics)
+        self.http.attach(self.core.registry, self.metrics, config=config)  # bind: not known
 
     @property
     def options(self) -> StreamOptions:
@@ -142,6 +143,9 @@ class MediaApp:
                 router.add_route(route, self, methods=["GET", "POST"])
         if self.metrics is not None and self.http.metrics_path:
             router.add_route(self.http.metrics_path, self, methods=["GET"])
+        if self.http.live is not None:  # the live view: /streams, /calls, /reports/<file>
+            for route in (STREAMS_PATH, CALLS_PATH, REPORTS_PATH + "{name}"):
+                router.add_route(route, self, methods=["GET"])
         router.add_route(HEALTH_PATH, self, methods=["GET"])
 
     # ------------------------------------------------------------ ASGI
@@ -209,32 +213,49 @@ class MediaApp:
             await self.core.finish(connection)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = bytearray()
-        limit = self.config.http.max_body_bytes
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > limit:
-                await _respond(send, HttpResponse.text(413, "request body too large\n"))
-                return
-            if not message.get("more_body"):
-                break
-        root_path = scope.get("root_path", "")
-        path = scope["path"]
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
-        request = HttpRequest(
-            method=scope["method"],
-            path=path,
-            query=scope.get("query_string", b"").decode("latin-1"),
-            headers=_headers(scope),
-            body=bytes(body),
-            peer=_peer(scope),
-            root_path=root_path,
-        )
-        await _respond(send, await self.core.http(request))
+        await serve_http(self.core, scope, receive, send)
+
+
+class HttpApp:
+    """ASGI for the HTTP routes of a core some other adapter serves sockets for: ``serve
+    --transport picows`` runs it under uvicorn on ``--http-port``, for request bodies."""
+
+    def __init__(self, core: MediaCore) -> None:
+        self.core = core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await serve_http(self.core, scope, receive, send)
+
+
+async def serve_http(core: MediaCore, scope: Scope, receive: Receive, send: Send) -> None:
+    """One HTTP scope: the body read within ``max_body_bytes``, then ``core.http``."""
+    body = bytearray()
+    limit = core.config.http.max_body_bytes
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if len(body) > limit:
+            await _respond(send, HttpResponse.text(413, "request body too large\n"))
+            return
+        if not message.get("more_body"):
+            break
+    root_path = scope.get("root_path", "")
+    path = scope["path"]
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :] or "/"
+    request = HttpRequest(
+        method=scope["method"],
+        path=path,
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=_headers(scope),
+        body=bytes(body),
+        peer=_peer(scope),
+        root_path=root_path,
+    )
+    await _respond(send, await core.http(request))
 
 
 async def _respond(send: Send, response: HttpResponse) -> None:

@@ -7,6 +7,8 @@ Routes (paths configurable):
   live stream it names (by stream id, else by call id) and to the server-wide hook.
 * ``GET|POST /texml``: the TeXML that answers an incoming call by streaming it to this server.
 * ``GET /metrics``: Prometheus text format, when the server exposes metrics (``metrics.py``).
+* ``GET /streams``, ``GET /calls``, ``GET /reports/<file>``: the live view (``live.py``), behind
+  the streaming auth token when there is one.
 
 ``HttpRoutes.handle`` is framework-neutral (``HttpRequest`` in, ``HttpResponse`` out); every
 adapter reaches it through ``MediaCore.http``, which also answers ``/healthz``.
@@ -23,11 +25,13 @@ from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from mediastream.config import Config
 from mediastream.errors import SignatureConfigError
 from mediastream.runtime.core import HttpRequest, HttpResponse
 from mediastream.runtime.observer import Observer
 from mediastream.runtime.registry import Stream as LiveStream
 from mediastream.runtime.registry import StreamRegistry
+from mediastream.server.live import LiveView
 from mediastream.telnyx.texml import Stream, TexmlError, VerbName, stream_texml
 from mediastream.telnyx.webhooks import (
     PayloadError,
@@ -80,6 +84,7 @@ class HttpRoutes:
         stream_path: str = STREAM_PATH,
         metrics_path: str | None = METRICS_PATH,
         require_signatures: bool = False,
+        live_view: bool = True,
     ) -> None:
         if require_signatures and not public_key and callback_path:
             raise SignatureConfigError(
@@ -96,20 +101,35 @@ class HttpRoutes:
         self.texml_path = texml_path
         self.stream_path = stream_path
         self.metrics_path = metrics_path
+        # (media port, HTTP port) when they differ (``serve --transport picows --http-port``):
+        # a direct request's TeXML points the stream at the one and callbacks at the other
+        self.ports: tuple[int, int] | None = None
         self.metrics: Metrics | None = None  # set by a server that exposes metrics
+        self.live = LiveView() if live_view else None  # /streams, /calls, /reports/
         self._registry: StreamRegistry | None = None
         self._warned_get = False
         self._warned_unsigned = False
 
-    def attach(self, registry: StreamRegistry, metrics: Metrics | None = None) -> None:
+    def attach(
+        self,
+        registry: StreamRegistry,
+        metrics: Metrics | None = None,
+        *,
+        config: Config | None = None,
+        bind_host: str | None = None,
+    ) -> None:
         """Where status events find their streams (the server's registry, live or suspended),
-        and the metrics ``/metrics`` renders, if the server keeps any.
+        and the metrics ``/metrics`` renders, if the server keeps any; the live view also
+        needs the server's ``config`` (its token) and ``bind_host`` (None: not known, as under
+        ASGI, and then taken as public).
 
         A server attaches its routes once, at start-up: the time to say that, without a key,
         anyone who reaches the port can post callbacks (forged ones are accepted silently).
         """
         self.metrics = metrics
         self._registry = registry
+        if self.live is not None:
+            self.live.attach(registry, config or Config(), bind_host)
         if self.verifier is None and self.callback_path and not self._warned_unsigned:
             self._warned_unsigned = True
             logger.warning(
@@ -125,6 +145,8 @@ class HttpRoutes:
         """The response for ``request``, or None when no route wants it (an unknown GET)."""
         if request.path == self.metrics_path and self.metrics is not None:
             return self._metrics(request, self.metrics)
+        if self.live is not None and self.live.wants(request.path):
+            return await self.live.handle(request)
         if request.path == self.callback_path:
             route = self._status_callback
         elif request.path == self.texml_path:
@@ -229,18 +251,28 @@ class HttpRoutes:
         values = self.stream.model_dump()
         if values["url"] and (values["status_callback"] or not self.callback_path):
             return self.stream
+        # two ports, reached directly (a proxy routes by path on one public host instead)
+        ports = None if values["url"] or "x-forwarded-host" in request.headers else self.ports
         if not values["url"]:
             host, secure = _public_host(request.headers)
             if not host:
                 raise TexmlError("Stream", [("url", "no Host header: set a public URL")])
+            host = _with_port(host, ports[0]) if ports else host
             path = request.root_path + self.stream_path
             values["url"] = f"{'wss' if secure else 'ws'}://{host}{path}"
         if not values["status_callback"] and self.callback_path:
             parts = urlsplit(values["url"])
             scheme = "https" if parts.scheme.lower() == "wss" else "http"
+            netloc = _with_port(parts.netloc, ports[1]) if ports else parts.netloc
             path = request.root_path + self.callback_path
-            values["status_callback"] = f"{scheme}://{parts.netloc}{path}"
+            values["status_callback"] = f"{scheme}://{netloc}{path}"
         return Stream(**values)
+
+
+def _with_port(host: str, port: int) -> str:
+    """``host`` (``name``, ``name:port``, ``[v6]:port``) with ``port`` instead."""
+    name = host if host.endswith("]") or ":" not in host else host.rsplit(":", 1)[0]
+    return f"{name}:{port}"
 
 
 def _first(value: str | None) -> str:

@@ -11,26 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
-from mediastream.config import DEFAULT_HOST, DEFAULT_PORT, Config, ServerLimits, StreamOptions
+from mediastream.config import DEFAULT_HOST, DEFAULT_PORT, ServerLimits
 from mediastream.errors import SocketClosed
 from mediastream.logs import redacting_logger
 from mediastream.runtime.connection import StreamConnection
-from mediastream.runtime.core import HttpRequest, HttpResponse, MediaCore, Refusal
+from mediastream.runtime.core import HttpRequest, HttpResponse, Refusal
 from mediastream.runtime.handler import HandlerFactory, StreamHandler
 from mediastream.runtime.lifecycle import CLOSE_INVALID_DATA, CLOSE_TRY_AGAIN_LATER
-from mediastream.runtime.observer import NO_OBSERVER
 from mediastream.server._websockets_private import InvalidText, MediaConnection
-from mediastream.server.metrics import ServerMetrics
-from mediastream.server.routes import HttpRoutes
+from mediastream.server.base import CoreServer, server_class
 from mediastream.server.websockets_glue import (
     QuietAccept,
     headers_of,
@@ -62,57 +57,10 @@ class _SocketTransport:
         await self.ws.close(code, reason)
 
 
-class MediaServer:
+class MediaServer(CoreServer):
     """Accepts carrier sockets on ``host:port`` and runs them through a ``MediaCore``."""
 
-    def __init__(
-        self,
-        handler: HandlerFactory | type[StreamHandler] = StreamHandler,
-        *,
-        config: Config | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        record_dir: str | Path | None = None,
-        options: StreamOptions | None = None,
-        limits: ServerLimits | None = None,
-        auth_token: str | None = None,
-        http: HttpRoutes | None = None,
-        reuse_port: bool = False,
-        metrics: bool | None = None,
-    ) -> None:
-        self.config = Config.merged(
-            config, host=host, port=port, record_dir=record_dir, options=options,
-            limits=limits, auth_token=auth_token, metrics=metrics,
-        )  # fmt: skip
-        self.host, self.port = self.config.host, self.config.port
-        self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the port
-        self.http = http or HttpRoutes()
-        self.metrics = ServerMetrics() if self.config.metrics else None
-        self.core = MediaCore(
-            handler, self.config, observer=self.metrics or NO_OBSERVER, routes=self.http.handle
-        )
-        self.http.attach(self.core.registry, self.metrics)
-        self._server: Server | None = None
-
-    @property
-    def options(self) -> StreamOptions:
-        return self.config.stream
-
-    @property
-    def limits(self) -> ServerLimits:
-        return self.config.limits
-
-    @property
-    def registry(self) -> Any:
-        return self.core.registry
-
-    @property
-    def connections(self) -> set[StreamConnection]:
-        return self.core.connections
-
-    @property
-    def draining(self) -> bool:
-        return self.core.draining
+    _server: Server | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,48 +99,6 @@ class MediaServer:
         await self.core.shutdown()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), self.core.registry.limits.stop_seconds)
-
-    async def drain(self) -> None:
-        """Refuse new sockets, give live ones ``drain_seconds`` to end, then stop."""
-        await self.core.drain()
-        await self.stop()
-
-    async def __aenter__(self) -> MediaServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def serve_forever(self, *, on_ready: Callable[[MediaServer], None] | None = None) -> None:
-        """Run until SIGTERM or SIGINT, then drain; a second signal stops at once."""
-        signals = 0
-        got_signal = asyncio.Event()
-        stop_now = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            (got_signal if signals == 1 else stop_now).set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, on_signal)
-        await self.start()
-        if on_ready is not None:
-            on_ready(self)
-        try:
-            await got_signal.wait()
-            drain = asyncio.create_task(self.drain())
-            forced = asyncio.create_task(stop_now.wait())
-            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-            forced.cancel()
-            if not drain.done():
-                logger.info("second signal: stopping now")
-                drain.cancel()
-        finally:
-            await self.stop()
 
     # ------------------------------------------------------------ per request / socket
 
@@ -235,16 +141,7 @@ class MediaServer:
         connection = accepted
         watcher = asyncio.create_task(self._on_socket_closed(ws, connection))
         try:
-            await self._read(ws, connection)
-        except asyncio.CancelledError:
-            if not self.core.was_stopped(connection):
-                raise
-            await self._record_inbox(ws, connection)  # the handler was stuck: keep the audio
-        except Exception as exc:  # a bug on this socket's path: end it, keep its audio
-            logger.exception("stream %s: internal error; closing this socket", connection.log_id)
-            connection.break_off(f"internal error ({type(exc).__name__})")
-            with contextlib.suppress(Exception):
-                await ws.close(connection.close_code, connection.close_reason)
+            await self.core.run_reader(connection, self._read(ws, connection))
         finally:
             ws.abort()  # never wait for a socket this path has given up on
             with contextlib.suppress(Exception):
@@ -301,10 +198,14 @@ def _refusal_response(refusal: Refusal) -> HttpResponse:
 
 
 def serve_blocking(
-    handler: HandlerFactory | type[StreamHandler] = StreamHandler, **server_options: Any
+    handler: HandlerFactory | type[StreamHandler] = StreamHandler,
+    *,
+    transport: str = "websockets",
+    **server_options: Any,
 ) -> None:
     """Run a media server in this thread until SIGTERM/SIGINT (what ``serve`` does);
-    ``server_options`` are ``MediaServer``'s keyword arguments.
+    ``server_options`` are ``MediaServer``'s keyword arguments; ``transport`` picks the
+    library (``websockets`` or ``picows``).
 
     Says where it listens, as ``mediastream serve`` does, and logs as it does unless the
     application set up logging: the README's ``python my_bot.py`` printed nothing at all.
@@ -313,7 +214,8 @@ def serve_blocking(
 
     configure_logging("info")  # does nothing if the application configured logging itself
 
-    def ready(server: MediaServer) -> None:
+    def ready(server: CoreServer) -> None:
         print(f"mediastream: listening on ws://{server.host}:{server.port}/", flush=True)
 
-    asyncio.run(MediaServer(handler, **server_options).serve_forever(on_ready=ready))
+    server = server_class(transport)(handler, **server_options)
+    asyncio.run(server.serve_forever(on_ready=ready))

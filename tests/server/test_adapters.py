@@ -1,6 +1,6 @@
-"""One suite, every adapter: the standalone websockets server and the ASGI app under uvicorn
-run the same ``MediaCore``, so they must record, limit, time out and drain alike. Each test
-runs once per adapter against a real server on 127.0.0.1 and a real client."""
+"""One suite, every adapter: the standalone websockets and picows servers and the ASGI app
+under uvicorn run the same ``MediaCore``, so they must record, limit, time out and drain
+alike. Each test runs once per adapter against a real server on 127.0.0.1 and a real client."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mediastream import MediaApp, MediaServer, StreamHandler
 from mediastream.config import Config, ServerLimits, StreamOptions
+from mediastream.server.picows import PicowsServer
 from mediastream.simulate import plan_call, send_call, synthesize_speechlike
 from tests.server.test_asgi import uvicorn_serving
 from tests.server.test_faults import closed_code, frame, start, stop
@@ -26,7 +27,7 @@ from tests.server.test_websocket import independent_decode
 from tests.telnyx.helpers import raw_request
 
 VOICE = synthesize_speechlike(2.0, 8000)
-ADAPTERS = ["websockets", "asgi"]
+ADAPTERS = ["websockets", "asgi", "picows"]
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Running:
 
     url: str
     port: int
-    target: MediaServer | MediaApp
+    target: MediaServer | MediaApp | PicowsServer
 
     async def drain(self) -> None:
         await self.target.drain()
@@ -45,8 +46,10 @@ class Running:
 async def running(
     adapter: str, config: Config, handler: type[StreamHandler] = StreamHandler
 ) -> AsyncIterator[Running]:
-    if adapter == "websockets":
-        server = MediaServer(handler, config=config)
+    if adapter in ("websockets", "picows"):
+        server = MediaServer(handler, config=config) if adapter == "websockets" else (
+            PicowsServer(handler, config=config)
+        )  # fmt: skip
         async with server:
             yield Running(f"ws://127.0.0.1:{server.port}/stream", server.port, server)
         return
@@ -104,7 +107,7 @@ async def test_a_wrong_auth_token_is_refused_before_any_stream(adapter: str, rec
             await send_call(server.url, plan, headers={"x-telnyx-streaming-auth-token": "wrong"})
         good = plan_call(VOICE[:1600], stream_id="invited")
         await send_call(server.url, good, headers={"x-telnyx-streaming-auth-token": "s3cret"})
-    assert sorted(p.name for p in record_dir.iterdir()) == ["invited.wav"]
+    assert sorted(p.name for p in record_dir.glob("*.wav")) == ["invited.wav"]
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)

@@ -89,7 +89,7 @@ async def test_call_split_across_two_sockets_is_one_recording(
     (handler,) = CountingHandler.instances
     assert (handler.reconnects, handler.stops) == (1, 1)
     assert handler.audio_ms == [i * 20.0 for i in range(100)]  # one continuous timeline
-    assert sorted(p.name for p in record_dir.iterdir()) == ["split-call.wav"]
+    assert sorted(p.name for p in record_dir.glob("*.wav")) == ["split-call.wav"]
 
 
 async def test_resume_after_grace_period_is_a_new_session_in_a_new_file(record_dir: Path):
@@ -147,7 +147,7 @@ async def test_auth_token_required_and_never_logged(
         frames += [json.dumps(f) for _, f in in_frame.media_frames()]
         frames.append(json.dumps(in_frame.stop_frame(50)))
         await send_frames(url, frames, stop=True)
-    assert sorted(p.name for p in record_dir.iterdir()) == ["good-frame.wav", "good-header.wav"]
+    assert sorted(p.name for p in record_dir.glob("*.wav")) == ["good-frame.wav", "good-header.wav"]
     np.testing.assert_array_equal(
         soundfile.read(record_dir / "good-frame.wav", dtype="int16")[0], in_frame.expected_pcm()
     )

@@ -146,7 +146,8 @@ async def test_hostile_stream_ids_record_inside_the_dir(
     await send_call(ws_url(server), plan)
     await server.stop()
     created = set(record_dir.parent.parent.rglob("*")) - before
-    assert created == {record_dir / file_name}
+    sidecar = (record_dir / file_name).with_suffix(".json")  # the stream's quality report
+    assert created == {record_dir / file_name, sidecar}
     np.testing.assert_array_equal(read_wav(record_dir, file_name[:-4])[0], independent_decode(plan))
 
 

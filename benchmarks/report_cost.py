@@ -1,0 +1,117 @@
+"""What the quality report costs per frame (``mediastream/runtime/report.py``).
+
+Two figures, each the best of several rounds of CPU time (``process_time``, so that other
+processes on a busy machine count less), the variants interleaved round by round:
+
+* ``figures``: ``StreamFigures`` alone, fed as the runtime feeds it (``arrived`` per media
+  frame, ``handled`` per handled frame, level windows included), for PCMU (160 samples a frame)
+  and G722 (320);
+* ``runtime``: ``StreamConnection.receive`` over pre-built frames of many streams (as
+  ``runtime_frame.py``), with ``StreamOptions.reports`` on and off: the difference is the
+  report's whole cost on the runtime path, hooks included.
+
+    python benchmarks/report_cost.py [--streams 200] [--frames 250] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from mediastream.config import StreamOptions
+from mediastream.runtime.connection import StreamConnection
+from mediastream.runtime.handler import StreamHandler
+from mediastream.runtime.registry import StreamRegistry
+from mediastream.runtime.report import StreamFigures
+from mediastream.session import Audio
+from mediastream.simulate import synthesize_speechlike
+
+
+def figures_round(frame_samples: int, frames: int) -> float:
+    """CPU µs per frame of ``StreamFigures`` alone."""
+    rate = frame_samples * 50
+    voice = synthesize_speechlike(frames / 50 + 1, rate)
+    events = [
+        Audio("inbound", voice[i * frame_samples : (i + 1) * frame_samples].copy(), rate, i)
+        for i in range(frames)
+    ]
+    stream: Any = SimpleNamespace(log_id="bench")
+    figures = StreamFigures(stream, StreamOptions())
+    figures.audio(events[0])  # the track's state exists, as after a stream's first frame
+    gc.collect()
+    started = time.process_time()
+    for key, event in enumerate(events, start=2):
+        figures.arrived("inbound", key, key * 0.02 + 0.001 * (key % 7))
+        figures.handled(event, 0.0)
+    return (time.process_time() - started) / frames * 1e6
+
+
+class _NoTransport:
+    async def send(self, text: str) -> None:
+        del text
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        del code, reason
+
+
+def _texts(stream_id: str, count: int, payload: str) -> list[str]:
+    fmt = {"encoding": "PCMU", "sample_rate": 8000}
+    out = [json.dumps({"event": "start", "stream_id": stream_id, "start": {"media_format": fmt}})]
+    for chunk in range(1, count + 1):
+        media = {"track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20)}
+        media["payload"] = payload
+        out.append(json.dumps({"event": "media", "stream_id": stream_id, "media": media}))
+    return out
+
+
+async def runtime_round(streams: int, frames: int, reports: bool, payload: str) -> float:
+    """CPU µs per frame of ``StreamConnection.receive``, no recording."""
+    registry = StreamRegistry(StreamHandler, StreamOptions(reports=reports))
+    texts = [_texts(f"s{n}", frames, payload) for n in range(streams)]
+    connections = []
+    for n in range(streams):
+        connection = StreamConnection(registry, _NoTransport())
+        await connection.receive(texts[n][0])
+        connections.append(connection)
+    gc.collect()
+    started = time.process_time()
+    for k in range(1, frames + 1):
+        for n, connection in enumerate(connections):
+            await connection.receive(texts[n][k])
+    elapsed = time.process_time() - started
+    for connection in connections:
+        await connection.finish()
+    return elapsed / (streams * frames) * 1e6
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=200, help="streams (200)")
+    parser.add_argument("--frames", type=int, default=250, help="frames per stream (250)")
+    parser.add_argument("--rounds", type=int, default=7, help="best of this many (7)")
+    args = parser.parse_args()
+    from mediastream import codecs
+
+    voice = synthesize_speechlike(0.02, 8000)
+    payload = base64.b64encode(codecs.encoder("PCMU").encode(voice[:160])).decode()
+    costs: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for samples, name in ((160, "figures PCMU"), (320, "figures G722")):
+            costs.setdefault(name, []).append(figures_round(samples, 5000))
+        for reports in (True, False):
+            cost = await runtime_round(args.streams, args.frames, reports, payload)
+            costs.setdefault(f"runtime reports={'on' if reports else 'off'}", []).append(cost)
+    for name, values in costs.items():
+        print(f"{name:22} {min(values):6.2f} µs/frame (best of {args.rounds})")
+    on, off = min(costs["runtime reports=on"]), min(costs["runtime reports=off"])
+    print(f"{'runtime difference':22} {on - off:6.2f} µs/frame ({(on - off) / off:.1%})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
