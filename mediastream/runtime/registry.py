@@ -259,7 +259,8 @@ class StreamRegistry:
 
     def recent_reports(self) -> list[dict[str, Any]]:
         """The reports of the last ``recent_reports`` ended streams, newest first; each has
-        one more key, ``sidecar``: the JSON file's path, or None if none was written."""
+        one more key, ``sidecar``: the JSON file's path, or None if none was written. Each
+        call gives new top-level dicts; the values inside are shared: read them only."""
         return [dict(report) for report in self._recent]
 
     async def open(self, event: Started, connection: StreamConnection) -> tuple[Stream, bool]:
@@ -425,9 +426,9 @@ class StreamRegistry:
         repeated = {kind: n for kind, n in stream.error_counts.items() if n > 1}
         if repeated:
             logger.warning("stream %s: repeated errors: %s", stream.log_id, repeated)
-        logger.info("stream %s: %s", stream.log_id, summary(stream))
-        if report is not None:
-            logger.info("stream %s: %s", stream.log_id, describe(report))
+        # one line per stream end: what the stream got, then its quality in brief
+        quality = f"; {describe(report)}" if report is not None else ""
+        logger.info("stream %s: %s%s", stream.log_id, summary(stream), quality)
 
     async def _report(self, stream: Stream) -> dict[str, Any] | None:
         """The ended stream's report: written beside its WAV, given to its ``Call``, kept
