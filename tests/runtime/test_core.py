@@ -21,23 +21,9 @@ from mediastream.runtime.core import HttpRequest, MediaCore, Refusal
 from mediastream.runtime.handler import AudioFrame, StreamHandler
 from mediastream.runtime.lifecycle import CLOSE_POLICY, StreamState
 from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
+from tests.runtime.helpers import FakeTransport, feed, open_socket
 
 VOICE = synthesize_speechlike(4.0, 8000)
-
-
-class FakeTransport:
-    """What a socket adapter gives the core: sent frames and the close, kept for the test."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def send(self, text: str) -> None:
-        self.sent.append(text)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self.closed is None:
-            self.closed = (code, reason)
 
 
 def frame(plan: CallPlan, chunk: int) -> str:
@@ -81,20 +67,6 @@ def _fresh_log() -> None:
 def make_core(record_dir: Path, handler: type[StreamHandler] = Log, **stream: object) -> MediaCore:
     options = StreamOptions(record_dir, **stream)  # type: ignore[arg-type]
     return MediaCore(handler, Config(stream=options, limits=ServerLimits(max_streams=100)))
-
-
-async def open_socket(core: MediaCore) -> tuple[StreamConnection, FakeTransport]:
-    transport = FakeTransport()
-    connection = core.accept("test:1", {}, transport)
-    assert isinstance(connection, StreamConnection)
-    return connection, transport
-
-
-async def feed(core: MediaCore, connection: StreamConnection, *messages: str) -> bool:
-    for message in messages:
-        if not await core.receive(connection, message):
-            return False
-    return True
 
 
 async def test_a_reconnect_continues_the_stream_handler_and_file(record_dir: Path):

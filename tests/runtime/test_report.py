@@ -23,30 +23,18 @@ import pytest
 
 from mediastream.config import Config, PlaybackConfig, ServerLimits, StreamOptions
 from mediastream.logs import escape
-from mediastream.runtime.connection import StreamConnection
 from mediastream.runtime.core import MediaCore
 from mediastream.runtime.handler import AudioFrame, StreamHandler
 from mediastream.runtime.report import REPORT_VERSION, StreamFigures
 from mediastream.session import Audio
 from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
+from tests.runtime.helpers import feed, open_socket
 
 RATE = 8000
 FRAME = 160  # samples of a 20 ms frame at 8 kHz
 # real-time figures (jitter, handler lag, playback heard) on a shared, loaded test machine:
 # the event loop and asyncio.sleep may run this much late
 TIMING_TOLERANCE_MS = 25.0
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def send(self, text: str) -> None:
-        self.sent.append(text)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed = self.closed or (code, reason)
 
 
 class Keeper(StreamHandler):
@@ -70,20 +58,6 @@ def _fresh() -> None:
 def make_core(record_dir: Path | None, handler: type[StreamHandler] = Keeper, **stream: Any):
     options = StreamOptions(record_dir, **stream)
     return MediaCore(handler, Config(stream=options, limits=ServerLimits(max_streams=100)))
-
-
-async def open_socket(core: MediaCore) -> tuple[StreamConnection, FakeTransport]:
-    transport = FakeTransport()
-    connection = core.accept("test:1", {}, transport)
-    assert isinstance(connection, StreamConnection)
-    return connection, transport
-
-
-async def feed(core: MediaCore, connection: StreamConnection, *messages: str) -> bool:
-    for message in messages:
-        if not await core.receive(connection, message):
-            return False
-    return True
 
 
 def frames_by_key(plan: CallPlan) -> dict[tuple[str, int], str]:
