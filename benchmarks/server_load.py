@@ -8,7 +8,9 @@ One run starts, for each codec, three servers pinned to one core:
 - ``noop``: ``mediastream serve`` with a handler that only computes the lag;
 - ``record``: the same with ``--record-dir``;
 - ``picows-noop``, ``picows-record`` (asked for with ``--servers``): the same two on
-  ``serve --transport picows``.
+  ``serve --transport picows``;
+- ``...-noreports`` (``noop-noreports``, ``record-noreports``, ``picows-noop-noreports``...):
+  the same server with ``--no-reports``, to price the quality report.
 
 Load generators run in separate processes on the other core(s). Each opens N streams paced in
 real time (one 20 ms frame per stream every 20 ms; streams start 200 per second) on raw
@@ -377,10 +379,13 @@ class Server:
             ]  # fmt: skip
             if loop != "asyncio":
                 command += ["--loop", loop]
-            if kind.startswith("picows-"):  # picows-noop, picows-record
+            parts = kind.split("-")  # picows-record-noreports: picows, recording, reports off
+            if "picows" in parts:
                 command += ["--transport", "picows"]
-            if kind.endswith("record"):
+            if "record" in parts:
                 command += ["--record-dir", str(self.record_dir)]
+            if "noreports" in parts:
+                command += ["--no-reports"]
         self.proc = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -615,6 +620,14 @@ def report(results: list[ServerResult], memory: dict[str, dict[str, float]]) -> 
                 f"{after.streams / before.streams:.2f}x, CPU µs/frame "
                 f"{after.cpu_us_per_frame / before.cpu_us_per_frame:.2f}x"
             )
+    for (codec, name), off in bests.items():  # the quality report's price
+        on = bests.get((codec, name.replace("-noreports", "")))
+        if name.endswith("-noreports") and on:
+            lines.append(
+                f"\n{codec} {name.replace('-noreports', '')} reports on/off: streams "
+                f"{on.streams / off.streams:.2f}x, CPU µs/frame "
+                f"{on.cpu_us_per_frame / off.cpu_us_per_frame:.2f}x"
+            )
     return "\n".join(lines)
 
 
@@ -646,7 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", nargs="+", default=["PCMU", "G722"], choices=["PCMU", "G722"])
     parser.add_argument(
         "--servers", nargs="+", default=["baseline", "noop", "record"],
-        choices=["baseline", "noop", "record", "picows-noop", "picows-record"],
+        choices=[
+            "baseline", "noop", "record", "noop-noreports", "record-noreports",
+            "picows-noop", "picows-record", "picows-noop-noreports", "picows-record-noreports",
+        ],
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="~60 s smoke run, small fixed N")
     parser.add_argument("--quick-streams", type=int, nargs="+", default=[100])
@@ -696,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = []  # (name, tree): each server, with its --before twin after it
         for name in args.servers:
             args.variants.append((name, REPO))
-            if before and name != "baseline":
+            if before and name != "baseline" and "noreports" not in name:  # a new flag
                 args.variants.append((f"{name}@before", before))
         for codec in args.codec:
             servers: list[Server] = []

@@ -71,7 +71,7 @@ def test_every_serve_setting_has_a_flag_or_a_reason() -> None:
         ("stream", "codec_options"),  # API only
         ("stream", "flush_seconds"),  # API only: the 1 s loss bound depends on it
         ("stream", "handler_stop_seconds"),  # API only
-        ("stream", "reports"),  # API only (the quality report, on by default)
+        ("stream", "reports"),  # --no-reports (a switch: tested below)
         ("stream", "recent_reports"),  # API only
         ("stream", "report_max_entries"),  # API only
         ("stream", "level_window_seconds"),  # API only
@@ -106,6 +106,12 @@ def test_allow_public_streams_is_a_switch_off_by_default() -> None:
     assert config_from_args(serve_args(), PlaybackConfig()).allow_public_streams is False
     config = config_from_args(serve_args("--allow-public-streams"), PlaybackConfig())
     assert config.allow_public_streams is True
+
+
+def test_no_reports_is_a_switch_reports_on_by_default() -> None:
+    assert config_from_args(serve_args(), PlaybackConfig()).stream.reports is True
+    config = config_from_args(serve_args("--no-reports"), PlaybackConfig())
+    assert config.stream.reports is False
 
 
 def test_the_sections_are_frozen_and_paths_are_paths() -> None:
