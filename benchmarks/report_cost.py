@@ -11,6 +11,11 @@ processes on a busy machine count less), the variants interleaved round by round
   report's whole cost on the runtime path, hooks included.
 
     python benchmarks/report_cost.py [--streams 200] [--frames 250] [--rounds 7]
+
+``--once on|off`` runs one runtime round only (reports on or off), for an instruction count:
+``valgrind --tool=callgrind`` on the real interpreter (not a pyenv shim), twice with
+different ``--frames``; the difference of the totals over the difference of the frames
+(times streams) is the instructions per frame, imports and setup cancelled out.
 """
 
 from __future__ import annotations
@@ -95,11 +100,16 @@ async def main() -> None:
     parser.add_argument("--streams", type=int, default=200, help="streams (200)")
     parser.add_argument("--frames", type=int, default=250, help="frames per stream (250)")
     parser.add_argument("--rounds", type=int, default=7, help="best of this many (7)")
+    parser.add_argument("--once", choices=("on", "off"), help="one runtime round (callgrind)")
     args = parser.parse_args()
     from mediastream import codecs
 
     voice = synthesize_speechlike(0.02, 8000)
     payload = base64.b64encode(codecs.encoder("PCMU").encode(voice[:160])).decode()
+    if args.once is not None:
+        cost = await runtime_round(args.streams, args.frames, args.once == "on", payload)
+        print(f"runtime reports={args.once} {cost:6.2f} µs/frame (once)")
+        return
     costs: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for samples, name in ((160, "figures PCMU"), (320, "figures G722")):

@@ -10,7 +10,9 @@ One run starts, for each codec, three servers pinned to one core:
 - ``picows-noop``, ``picows-record`` (asked for with ``--servers``): the same two on
   ``serve --transport picows``;
 - ``...-noreports`` (``noop-noreports``, ``record-noreports``, ``picows-noop-noreports``...):
-  the same server with ``--no-reports``, to price the quality report.
+  the same server with ``--no-reports``, to price the quality report;
+- ``noop-webrtc``, ``noop-silero`` (and ``picows-`` ones): the no-op server with
+  ``--speech webrtc`` / ``--speech silero`` (speech detection on every caller track).
 
 Load generators run in separate processes on the other core(s). Each opens N streams paced in
 real time (one 20 ms frame per stream every 20 ms; streams start 200 per second) on raw
@@ -386,6 +388,8 @@ class Server:
                 command += ["--record-dir", str(self.record_dir)]
             if "noreports" in parts:
                 command += ["--no-reports"]
+            if "webrtc" in parts or "silero" in parts:  # speech detection on the caller
+                command += ["--speech", "webrtc" if "webrtc" in parts else "silero"]
         self.proc = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -662,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=[
             "baseline", "noop", "record", "noop-noreports", "record-noreports",
             "picows-noop", "picows-record", "picows-noop-noreports", "picows-record-noreports",
+            "noop-webrtc", "noop-silero", "picows-noop-webrtc", "picows-noop-silero",
         ],
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="~60 s smoke run, small fixed N")
@@ -712,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = []  # (name, tree): each server, with its --before twin after it
         for name in args.servers:
             args.variants.append((name, REPO))
-            if before and name != "baseline" and "noreports" not in name:  # a new flag
+            new_flags = ("noreports", "webrtc", "silero")  # flags the --before tree lacks
+            if before and name != "baseline" and not any(f in name for f in new_flags):
                 args.variants.append((f"{name}@before", before))
         for codec in args.codec:
             servers: list[Server] = []

@@ -32,6 +32,7 @@ from mediastream.config import (
     HttpLimits,
     PlaybackConfig,
     ServerLimits,
+    SpeechOptions,
     StreamOptions,
 )
 from mediastream.errors import MediaStreamError, UsageError, install_hint
@@ -173,6 +174,8 @@ def config_from_args(args: argparse.Namespace, playback: PlaybackConfig) -> Conf
         takeover_seconds=args.takeover_seconds,
         max_backlog_seconds=args.max_backlog_seconds,
         reports=not args.no_reports,
+        speech=None if args.speech == "off" else SpeechOptions(detector=args.speech),
+        record_playback=args.record_playback,
     )
     limits = ServerLimits(
         max_frame_bytes=args.max_frame_bytes,
@@ -702,6 +705,20 @@ def build_parser() -> Parser:
         action="store_true",
         help=f"do not serve GET {METRICS_PATH} (Prometheus; summed over workers with "
         "--workers N) (default: served)",
+    )
+    p.add_argument(
+        "--speech",
+        default="off",
+        choices=["off", "webrtc", "silero"],
+        help="speech detection on the caller's track: on_speech_start/on_speech_end, "
+        "barge-in (the caller speaking over a playback clears it), the report's share of "
+        "speech; webrtc needs the [vad] extra, silero the [silero] extra (default: %(default)s)",
+    )
+    p.add_argument(
+        "--record-playback",
+        action="store_true",
+        help="also record what the server played to the caller, placed where it played, as "
+        "the recording's last channel (default: off, the carrier's tracks only)",
     )
     p.add_argument(
         "--no-reports",

@@ -44,6 +44,33 @@ class PlaybackConfig:
 
 
 @dataclass(frozen=True)
+class SpeechOptions:
+    """Speech detection per track, and the barge-in it drives (``mediastream.voice``).
+
+    A detector gives a speech probability per window (webrtc: 0 or 1 per 20 ms; silero: per
+    32 ms); the segmenter turns those into utterances with hysteresis. Defaults were chosen by
+    measurement (``benchmarks/vad.py``, ``benchmarks/RESULTS.md``).
+    """
+
+    # "webrtc" (extra [vad]: webrtcvad-wheels, 2-8 µs a frame) or "silero" (extra [silero]:
+    # onnxruntime; the model ships in mediastream; run as one bank batched across streams)
+    detector: Literal["webrtc", "silero"] = "webrtc"
+    tracks: tuple[str, ...] = ("inbound",)  # the tracks listened to (inbound: the caller)
+    threshold: float = 0.5  # a window with a probability at or above this is speech
+    webrtc_mode: int = 3  # webrtcvad's aggressiveness, 0-3
+    min_speech_ms: int = 200  # speech this long (in a row) starts an utterance
+    min_silence_ms: int = 500  # silence this long ends it
+    padding_ms: int = 200  # audio kept before the onset and after the end, in the utterance
+    # an utterance longer than this is ended and a new one starts (audio held per track)
+    max_utterance_seconds: float = 30.0
+    # barge-in: the caller's speech this long (in a row) while an interruptible playback
+    # plays clears it; shorter sounds (backchannels: "mm", "ok") do not. None: no barge-in
+    barge_in_ms: int | None = 300
+    # the silero bank runs every stream's ready windows in one batch this often
+    bank_interval_ms: int = 32
+
+
+@dataclass(frozen=True)
 class StreamOptions:
     """What shapes every stream of a server."""
 
@@ -79,6 +106,11 @@ class StreamOptions:
     # a frame whose samples all lie within ±this is digital silence: 0 for μ-law and L16,
     # 8 covers A-law's quietest code (decoded ±8)
     digital_silence_peak: int = 8
+    # speech detection on every stream (None: off; a handler's ``speech`` attribute wins)
+    speech: SpeechOptions | None = None
+    # the recording also holds what our players sent, placed by the playout clock, as its own
+    # channel after the carrier's tracks (off: today's layout, the carrier's tracks only)
+    record_playback: bool = False
 
     def __post_init__(self) -> None:
         for name in ("record_dir", "capture_dir"):

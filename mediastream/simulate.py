@@ -13,7 +13,9 @@ Playing back (``FarEndConfig``): ``FarEnd`` plays the server's media on a real-t
 clock (RTP in one codec, MP3 files, or whichever the first media is), echoes a mark when the
 audio before it has played, honours ``clear``, answers MP3 sent too often with the carrier's
 rate-limit error, and ends the call with ``PlaybackMismatchError`` when media comes in another
-mode than it was told to expect.
+mode than it was told to expect. With both tracks in real time, the outbound track is what the
+caller hears, as Telnyx's is: the plan's outbound audio with what the far end played mixed in
+(``HeardOutbound``; ``FarEndConfig.outbound_heard=False`` sends the plan's audio alone).
 
 ``CallPlan`` says exactly what was sent and ``CallResult`` what came back, so a test can predict
 the recording (``CallPlan.expected_pcm``) and check what the caller heard
@@ -31,6 +33,7 @@ import json
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +47,13 @@ from websockets.exceptions import ConnectionClosed
 from mediastream import codecs
 from mediastream.errors import InputFileError, PlaybackMismatchError
 from mediastream.logs import redacting_logger
+from mediastream.media.resample import StreamResampler
 
 FRAME_MS = 20
 DEFAULT_SHUFFLE_WINDOW = 5
+# an outbound frame (what the caller heard) goes out this many frames after its time: it has
+# played by then, and a resampler has the little it holds back
+HEARD_DELAY_TICKS = 2
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -220,6 +227,18 @@ def _decode_mp3(payload: bytes) -> tuple[np.ndarray, int] | None:
     return (pcm if pcm.ndim == 1 else pcm[:, 0]), rate
 
 
+@dataclass(eq=False)
+class _Taped:
+    """A piece of the far end's playout, placed on the call's clock (samples)."""
+
+    at: int
+    pcm: np.ndarray
+
+    @property
+    def end(self) -> int:
+        return self.at + len(self.pcm)
+
+
 @dataclass
 class FarEndConfig:
     """How the simulated carrier plays what the server sends back (bidirectional streaming)."""
@@ -228,6 +247,9 @@ class FarEndConfig:
     codec: str = "PCMU"
     sample_rate: int = 8000
     mp3_min_interval: float = 1.0
+    # the outbound track carries what the caller hears, as Telnyx's does: the plan's outbound
+    # audio with what this far end played mixed in, sent as it plays (needs ``realtime``)
+    outbound_heard: bool = True
 
 
 class FarEnd:
@@ -262,6 +284,15 @@ class FarEnd:
         self._pending_marks: list[tuple[float, str]] = []
         self.mark_queued = asyncio.Event()  # wakes the echo task only when there is work
         self._sequence = 1000
+        # what plays, where it plays on the call's clock (as ``heard_on_call_clock`` places
+        # it), kept as it is queued: [at, pcm] at ``_tape_rate``; a clear cuts it as it cuts
+        # the playout. The outbound track reads it (``played_between``)
+        self._tape: list[_Taped] = []
+        self._tape_queued: list[_Taped] = []  # the entries of ``segments``, in order
+        self._taping: bool | None = None  # decided at the first media: is there a call clock?
+        self._tape_end = 0
+        self._tape_rate = 0
+        self._tape_read = 0  # entries before this one ended before the last read
 
     def on_media(self, payload: bytes, now: float) -> dict[str, object] | None:
         """Queue received audio; returns an error frame to send back, if any.
@@ -300,7 +331,50 @@ class FarEnd:
         start = max(now, self._playout_end)
         self.segments.append((start, pcm, rate))
         self._playout_end = start + len(pcm) / rate
+        self._tape_add(start, pcm, rate)
         return None
+
+    def _tape_add(self, start: float, pcm: np.ndarray, rate: int) -> None:
+        """Place a queued segment on the tape exactly as ``heard_on_call_clock`` will."""
+        if self._taping is None:
+            self._taping = self.call_start is not None
+        if not self._taping:
+            return
+        assert self.call_start is not None
+        if not self._tape_rate:
+            self._tape_rate = rate
+        if rate != self._tape_rate:  # an MP3 file at another rate: the tape has one
+            pcm = soxr.resample(pcm.astype(np.float32), rate, self._tape_rate).astype(np.int16)
+            rate = self._tape_rate
+        at = max(0, round((start - self.call_start) * rate))
+        if abs(at - self._tape_end) <= 1 or at < self._tape_end:
+            at = self._tape_end
+        entry = _Taped(at, np.asarray(pcm, dtype=np.int16))
+        self._tape.append(entry)
+        self._tape_queued.append(entry)
+        self._tape_end = at + len(pcm)
+
+    def played_between(self, begin: int, end: int) -> np.ndarray:
+        """What played in samples ``[begin, end)`` of the call's clock, at the tape's rate
+        (silence where nothing did). Only the past is final: a clear may still cut the rest.
+        Reads go forward: what ended before the last read's ``begin`` is skipped."""
+        out = np.zeros(max(0, end - begin), dtype=np.int16)
+        tape = self._tape
+        while self._tape_read < len(tape) and tape[self._tape_read].end <= begin:
+            self._tape_read += 1
+        for entry in tape[self._tape_read :]:
+            at, pcm = entry.at, entry.pcm
+            if at >= end:
+                break
+            a, b = max(at, begin), min(entry.end, end)
+            if a < b:
+                out[a - begin : b - begin] = pcm[a - at : b - at]
+        return out
+
+    @property
+    def tape_rate(self) -> int:
+        """The rate of ``played_between`` (0: nothing played yet)."""
+        return self._tape_rate
 
     def _mismatch(self, got: str, hint: str) -> None:
         cfg = self.config
@@ -324,6 +398,7 @@ class FarEnd:
             if start < now:
                 self.heard.append(pcm[: int((now - start) * rate)])
                 self.heard_starts.append(start)
+        self._tape_cut(now)
         self.heard_at_clear.append(sum(len(p) for p in self.heard))
         self.segments = []
         self._playout_end = now
@@ -340,9 +415,26 @@ class FarEnd:
             self.heard.append(pcm)
             self.heard_starts.append(start)
             self.segments.pop(0)
+            if self._taping:
+                self._tape_queued.pop(0)
         due = [name for t, name in self._pending_marks if t <= now]
         self._pending_marks = [(t, n) for t, n in self._pending_marks if t > now]
         return [self._echo(name, now) for name in due]
+
+    def _tape_cut(self, now: float) -> None:
+        """A clear: the tape keeps what ``on_clear`` keeps of the playing segment, no more."""
+        if not self._taping or not self._tape_queued:
+            return
+        first = self._tape_queued[0]
+        start, _, rate = self.segments[0]
+        kept = int((now - start) * rate) if start < now else 0
+        kept = kept * self._tape_rate // rate
+        dropped = self._tape_queued[1:] if kept > 0 else self._tape_queued
+        first.pcm = first.pcm[:kept]
+        self._tape = [entry for entry in self._tape if not any(entry is d for d in dropped)]
+        self._tape_queued = []
+        self._tape_end = self._tape[-1].end if self._tape else 0
+        self._tape_read = min(self._tape_read, len(self._tape))
 
     def next_due(self) -> float | None:
         return min((t for t, _ in self._pending_marks), default=None)
@@ -479,15 +571,28 @@ async def send_call(
             if result.far_end is not None:
                 result.far_end.call_start = t0  # media tick n is sent at t0 + n * 20 ms
             media = plan.media_frames()
-            for tick, frame in media:
+            heard = _heard_outbound(plan, result.far_end, realtime)
+            held: deque[tuple[int, dict[str, object]]] = deque()  # outbound, until it played
+            schedule: list[tuple[int, dict[str, object] | None]] = list(media)
+            if heard is not None and media:  # the last outbound frames' turns
+                schedule += [(media[-1][0] + k, None) for k in range(1, HEARD_DELAY_TICKS + 1)]
+            for tick, frame in schedule:
                 if realtime:
                     delay = t0 + tick * FRAME_MS / 1000 - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                await ws.send(json.dumps(frame))
-                result.send_times.append(time.monotonic())
-                result.frames_sent += 1
-                result.media_sent += 1
+                sending = []
+                while heard is not None and held and held[0][0] + HEARD_DELAY_TICKS <= tick:
+                    sending.append(heard.frame(*held.popleft(), time.monotonic()))
+                if frame is not None and heard is not None and _track(frame) == "outbound":
+                    held.append((tick, frame))
+                elif frame is not None:
+                    sending.append(frame)
+                for each in sending:
+                    await ws.send(json.dumps(each))
+                    result.send_times.append(time.monotonic())
+                    result.frames_sent += 1
+                    result.media_sent += 1
             if linger:
                 await asyncio.sleep(linger)
             if plan.send_stop:
@@ -506,6 +611,84 @@ async def send_call(
     if result.far_end is not None and result.far_end.mismatch is not None:
         raise PlaybackMismatchError(result.far_end.mismatch)
     return result
+
+
+def _track(frame: dict[str, object]) -> object:
+    media = frame.get("media")
+    return media.get("track") if isinstance(media, dict) else None
+
+
+def _heard_outbound(plan: CallPlan, far: FarEnd | None, realtime: bool) -> HeardOutbound | None:
+    """The outbound track's mixer, when it applies: a real-time call with both tracks, played
+    back by a far end told to (``FarEndConfig.outbound_heard``), in order (not shuffled)."""
+    if far is None or not realtime or not far.config.outbound_heard:
+        return None
+    if "outbound" not in plan.payloads or plan.shuffle_window > 1:
+        return None
+    return HeardOutbound(plan, far)
+
+
+class HeardOutbound:
+    """The outbound track as Telnyx sends it: what the caller hears, our playback included.
+
+    Frame n covers the call's clock from n × 20 ms; it goes out ``HEARD_DELAY_TICKS`` frames
+    later, when that stretch has played (a clear can no longer cut it) and a resampler has
+    what it needs. Its audio is the plan's outbound frame with what the far end played then
+    mixed in, coded again in the call's codec. Until anything has played, the plan's payload
+    goes out untouched (so a call without playback sends exactly its plan); after that every
+    frame is coded again. The encoder sees every frame from the start, so a G.722 stream
+    stays close to the plan's (not identical: a coded signal coded again differs a little).
+    """
+
+    def __init__(self, plan: CallPlan, far: FarEnd) -> None:
+        self.far = far
+        self.rate = plan.sample_rate
+        self._step = plan.sample_rate * FRAME_MS // 1000
+        self._decoder = codecs.decoder(plan.codec, plan.sample_rate)
+        self._encoder = codecs.encoder(plan.codec, plan.sample_rate)
+        self._resampler: StreamResampler | None = None
+        self._fed = 0  # tape samples given to the resampler
+        self._out = np.zeros(0, dtype=np.int16)  # resampled, from call sample ``_out_from``
+        self._out_from = 0
+        self.mixing = False
+        self.mixed = 0  # frames sent with playback in them
+
+    def frame(self, tick: int, frame: dict[str, object], now: float) -> dict[str, object]:
+        """The outbound frame of ``tick`` as it goes out now."""
+        media = frame["media"]
+        assert isinstance(media, dict)
+        payload = base64.b64decode(media["payload"])
+        pcm = self._decoder.decode(payload)
+        played = self._played(tick * self._step, tick * self._step + len(pcm), now)
+        mixed = np.clip(pcm.astype(np.int32) + played, -32768, 32767).astype(np.int16)
+        coded = self._encoder.encode(mixed)  # always: a stateful encoder keeps in step
+        if not self.mixing and not played.any():
+            return frame
+        self.mixing = True
+        self.mixed += 1
+        media = {**media, "payload": base64.b64encode(coded).decode("ascii")}
+        return {**frame, "media": media}
+
+    def _played(self, begin: int, end: int, now: float) -> np.ndarray:
+        """What played in call samples ``[begin, end)`` at the call's rate."""
+        far, rate = self.far, self.far.tape_rate
+        if not rate:
+            return np.zeros(end - begin, dtype=np.int16)
+        if rate == self.rate:
+            return far.played_between(begin, end)
+        if self._resampler is None:
+            self._resampler = StreamResampler(rate, self.rate)
+        assert far.call_start is not None
+        final = int((now - far.call_start) * rate) - 2  # the past: nothing can cut it any more
+        if final > self._fed:
+            out = self._resampler.process(far.played_between(self._fed, final))
+            self._fed = final
+            self._out = np.concatenate([self._out, out])
+        drop = begin - self._out_from
+        if drop > 0:
+            self._out, self._out_from = self._out[drop:], begin
+        piece = self._out[: end - begin]
+        return np.pad(piece, (0, end - begin - len(piece)))
 
 
 async def _collect(ws: ClientConnection, result: CallResult) -> None:

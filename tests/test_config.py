@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from mediastream.cli import build_parser, config_from_args
-from mediastream.config import Config, HttpLimits, PlaybackConfig, ServerLimits, StreamOptions
+from mediastream.config import (
+    Config,
+    HttpLimits,
+    PlaybackConfig,
+    ServerLimits,
+    SpeechOptions,
+    StreamOptions,
+)
 
 # flag -> (section, field, a value other than the default)
 FLAGS = {
@@ -72,6 +79,8 @@ def test_every_serve_setting_has_a_flag_or_a_reason() -> None:
         ("stream", "flush_seconds"),  # API only: the 1 s loss bound depends on it
         ("stream", "handler_stop_seconds"),  # API only
         ("stream", "reports"),  # --no-reports (a switch: tested below)
+        ("stream", "speech"),  # --speech DETECTOR (tested below); its fields: API only
+        ("stream", "record_playback"),  # --record-playback (a switch: tested below)
         ("stream", "recent_reports"),  # API only
         ("stream", "report_max_entries"),  # API only
         ("stream", "level_window_seconds"),  # API only
@@ -112,6 +121,16 @@ def test_no_reports_is_a_switch_reports_on_by_default() -> None:
     assert config_from_args(serve_args(), PlaybackConfig()).stream.reports is True
     config = config_from_args(serve_args("--no-reports"), PlaybackConfig())
     assert config.stream.reports is False
+
+
+def test_speech_and_record_playback_flags() -> None:
+    default = config_from_args(serve_args(), PlaybackConfig()).stream
+    assert (default.speech, default.record_playback) == (None, False)
+    stream = config_from_args(
+        serve_args("--speech", "silero", "--record-playback"), PlaybackConfig()
+    ).stream
+    assert stream.speech == SpeechOptions(detector="silero")
+    assert stream.record_playback is True
 
 
 def test_the_sections_are_frozen_and_paths_are_paths() -> None:

@@ -10,7 +10,9 @@ a model of the far end's playout clock (when everything sent so far will have pl
 how much of a playback was heard when it is cleared. MP3 mode sends one whole MP3 file per
 playback and never two media messages within ``mp3_min_interval`` (the carrier's limit is one a
 second). Every send has a timeout: a socket that stops draining fails the playback with a clear
-error instead of wedging the handler.
+error instead of wedging the handler. Given ``on_played``, a player also tells what the far end
+played and when (``media/played.py``; its probe marks are ``PROBE_PREFIX``): the runtime
+records that as the recording's playback channel.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ import soundfile
 from mediastream import codecs
 from mediastream.config import PlaybackConfig
 from mediastream.errors import PlaybackError, PlaybackStopped, SocketClosed
+from mediastream.media.played import OnPlayed, PlayoutTap
 from mediastream.media.resample import StreamResampler
 from mediastream.protocol.dialects import TELNYX_OUTBOUND, Outbound
 
 logger = logging.getLogger(__name__)
 
 MARK_PREFIX = "ms-play-"
+PROBE_PREFIX = f"{MARK_PREFIX}probe-"  # a mark after a segment's first chunk (``PlayoutTap``)
 # resampled audio short of a whole chunk waits for the next play this long, then goes out padded
 IDLE_FLUSH_SECONDS = 0.1
 
@@ -49,6 +53,9 @@ class Playback:
     duration_ms: float
     started_at: float | None = None  # when the far end began playing it (our model)
     interrupted: bool = False
+    # False: the caller's speech never clears it (a greeting, a legal disclosure); an
+    # application's own ``clear()`` still does
+    interruptible: bool = True
     _heard_ms: float | None = None
     _done: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -93,6 +100,7 @@ class _Item:
     payloads: list[bytes]
     chunk_seconds: list[float]
     mark: str | None
+    pcm: np.ndarray | None = None  # MP3: what the file holds, for ``on_played``
 
 
 class Player:
@@ -106,7 +114,11 @@ class Player:
         stream_id: str = "?",
         on_failure: Callable[[PlaybackError], Awaitable[None]] | None = None,
         outbound: Outbound = TELNYX_OUTBOUND,
+        on_played: OnPlayed | None = None,
+        played_rate: int | None = None,
     ) -> None:
+        """``on_played(pcm, rate, start)``: what the far end played (at ``played_rate``) and
+        when its first sample played (monotonic), as ``PlayoutTap`` says; None: not tapped."""
         config = config or PlaybackConfig()
         if outbound.stream_sid is not None and config.mode == "mp3":
             # Twilio has no MP3 mode: it plays audio/x-mulaw at 8 kHz, whatever Telnyx defaults to
@@ -134,12 +146,28 @@ class Player:
         self._last_media_at = -1e9
         self._failed: PlaybackError | None = None
         self._generation = 0  # bumped by clear(): a sender working on older items drops them
+        self._tap = None if on_played is None else self._make_tap(on_played, played_rate)
         self._task = asyncio.create_task(self._run())
+
+    def _make_tap(self, on_played: OnPlayed, played_rate: int | None) -> PlayoutTap:
+        cfg, decoder = self.config, None
+        if self._encoder is not None:  # RTP: the payloads, decoded as the far end does
+            try:
+                decoder = codecs.decoder(cfg.codec, cfg.sample_rate, **cfg.codec_options)
+            except TypeError:  # an encoder's option the decoder does not take
+                decoder = codecs.decoder(cfg.codec, cfg.sample_rate)
+        return PlayoutTap(
+            on_played, self.rate, played_rate or self.rate, decoder=decoder,
+            stream_id=self.stream_id,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ API
 
-    async def play(self, pcm: np.ndarray, sample_rate: int) -> Playback:
-        """Queue int16 mono PCM at ``sample_rate``; returns at once with its ``Playback``."""
+    async def play(
+        self, pcm: np.ndarray, sample_rate: int, *, interruptible: bool = True
+    ) -> Playback:
+        """Queue int16 mono PCM at ``sample_rate``; returns at once with its ``Playback``.
+        ``interruptible=False``: barge-in never clears it (see ``barge_in_target``)."""
         self._check()
         pcm = np.asarray(pcm)
         if pcm.ndim != 1:
@@ -149,17 +177,38 @@ class Player:
             resampled = self._whole_chunks(resampled)
         name = f"{MARK_PREFIX}{next(self._names)}"
         playback = Playback(name, len(resampled) * 1000.0 / self.rate)
+        playback.interruptible = interruptible
         payloads, seconds = await asyncio.to_thread(self._encode, resampled)
         self._check()
-        self._queue.append(_Item(playback, payloads, seconds, name))
+        mp3_pcm = resampled if self._encoder is None and self._tap is not None else None
+        self._queue.append(_Item(playback, payloads, seconds, name, mp3_pcm))
         self._wakeup.set()
         return playback
 
-    async def play_file(self, path: str) -> Playback:
+    async def play_file(self, path: str, *, interruptible: bool = True) -> Playback:
         """Any file soundfile reads (WAV, FLAC, OGG, MP3), any rate, mixed to mono."""
         data, rate = await asyncio.to_thread(soundfile.read, path, dtype="int16", always_2d=True)
         mono = data.mean(axis=1).round().astype(np.int16) if data.shape[1] > 1 else data[:, 0]
-        return await self.play(mono, rate)
+        return await self.play(mono, rate, interruptible=interruptible)
+
+    def barge_in_target(self) -> Playback | None:
+        """The playback the caller would cut off by speaking now, if barge-in may clear: one
+        is unresolved (playing, queued, or awaiting its echo) and every unresolved one is
+        interruptible (a clear would drop them all). None: nothing to clear, or a protected
+        playback is pending."""
+        pending = [
+            p
+            for p in (
+                self._current,
+                *self._awaiting_echo.values(),
+                *(item.playback for item in self._queue),
+            )
+            if p is not None and not p.done
+        ]
+        if not pending or not all(p.interruptible for p in pending):
+            return None
+        started = [p for p in pending if p.started_at is not None]
+        return min(started, key=lambda p: p.started_at or 0.0) if started else pending[0]
 
     async def mark(self, name: str) -> None:
         """A custom mark after everything queued; its echo goes to the handler's ``on_mark``."""
@@ -183,10 +232,14 @@ class Player:
         self._current = None
         self._awaiting_echo.clear()  # their echoes (sent because of the clear) count for nothing
         self._playout_end = now
+        if self._tap is not None:  # what was sent and not played by now never will be
+            self._tap.cleared(now)
         await self._send(self._outbound.clear())
 
     def on_mark_echo(self, name: str) -> bool:
         """Handle an echoed mark; True if it belongs to the application (custom mark)."""
+        if self._tap is not None:  # when the far end got there: the playout clock's correction
+            self._tap.echoed(name, time.monotonic())
         playback = self._awaiting_echo.pop(name, None)
         if playback is not None:
             playback.resolve(True, playback.duration_ms)  # no effect if a clear came first
@@ -198,6 +251,8 @@ class Player:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
+        if self._tap is not None:  # what played by now is recorded, the rest never will be
+            self._tap.close(time.monotonic())
         self._resolve_unfinished()
 
     def _resolve_unfinished(self) -> None:
@@ -306,6 +361,8 @@ class Player:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), IDLE_FLUSH_SECONDS)
                     except TimeoutError:
+                        if self._tap is not None:  # idle: what played meanwhile goes out
+                            self._tap.release(time.monotonic())
                         tail = self._tail() if self._last_resampler is not None else None
                         if tail is not None:
                             self._queue.append(tail)
@@ -333,7 +390,14 @@ class Player:
                 playback.started_at = start
             self._playout_end = start + seconds
             self._last_media_at = now
+            tap = self._tap
+            probe = tap is not None and tap.sent(payload if item.pcm is None else item.pcm,
+                                                 start, now)  # fmt: skip
             await self._send(self._outbound.media(payload))
+            if probe and tap is not None and generation == self._generation:
+                name = f"{PROBE_PREFIX}{next(self._names)}"  # its echo: when the segment played
+                tap.marked(name, start + seconds)
+                await self._send(self._outbound.mark(name))
         if generation != self._generation:
             return
         self._current = None
@@ -341,6 +405,8 @@ class Player:
             return
         if playback is not None:
             self._awaiting_echo[item.mark] = playback
+        if self._tap is not None:
+            self._tap.marked(item.mark, max(time.monotonic(), self._playout_end))
         await self._send(self._outbound.mark(item.mark))
 
     async def _pace(self, mp3: bool) -> None:

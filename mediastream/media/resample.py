@@ -3,6 +3,11 @@
 Resampling each chunk on its own restarts the filter at every chunk boundary and is audible;
 a ``soxr.ResampleStream`` keeps the filter state across chunks. Output lags input by the
 filter's delay, which ``flush()`` releases at the end of a playback.
+
+The stream runs in float32 and rounds to int16 itself: soxr's int16 output adds random TPDF
+dither, so the same input gave different samples on each run (by up to 2 LSB, on about half
+of them) and depended on how it was cut. In float32 the output is the same whatever the piece
+sizes, and the same on every run: pieces joined equal the whole input resampled at once.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ class StreamResampler:
         self._stream = (
             None
             if in_rate == out_rate
-            else soxr.ResampleStream(in_rate, out_rate, 1, "int16", quality)
+            else soxr.ResampleStream(in_rate, out_rate, 1, "float32", quality)
         )
 
     def process(self, pcm: np.ndarray, last: bool = False) -> np.ndarray:
@@ -28,10 +33,10 @@ class StreamResampler:
         samples = np.ascontiguousarray(pcm, dtype=np.int16)
         if self._stream is None:
             return samples
-        out = self._stream.resample_chunk(samples, last=last)
+        out = self._stream.resample_chunk(samples.astype(np.float32) / 32768.0, last=last)
         if last:
             self._stream.clear()
-        return np.asarray(out, dtype=np.int16)
+        return np.clip(np.rint(out * 32768.0), -32768, 32767).astype(np.int16)
 
     def flush(self) -> np.ndarray:
         return self.process(np.zeros(0, dtype=np.int16), last=True)

@@ -263,16 +263,25 @@ class StreamConnection:
                 event = self._placed(stream, event)
                 if stream.recorder is not None:
                     stream.recorder.append(event)  # blocks go to disk every 0.5 s
+                if stream.played is not None:  # where the timeline is: played audio goes there
+                    stream.played.clock.frame(self, self.last_activity, event.position,
+                                              event.sample_rate)  # fmt: skip
                 if not event.late:  # handlers get an in-order stream; late audio patches files
+                    if stream.call.listeners:  # call.listen(), fed before the handler as files are
+                        stream.call.feed_listeners(event)
                     handled = await stream.call_handler("on_audio", event)
                     keep_going &= handled
-                    if handled and meter is not None:  # handler lag: plain ints
-                        meter.handled(event, self.last_activity)
+                    if handled and stream.voice is not None:  # speech events, barge-in
+                        keep_going &= await stream.voice.on_audio(event)
                     if figures is not None:  # one call a frame: its audio, and its lag
                         if handled:
-                            figures.handled(event, self.last_activity)
+                            lag = figures.handled(event, self.last_activity)
+                            if meter is not None:  # timed once, for both
+                                meter.lagged(lag)
                         else:
                             figures.audio(event)
+                    elif handled and meter is not None:  # handler lag: plain ints
+                        meter.handled(event, self.last_activity)
                 elif figures is not None:
                     figures.audio(event)
                     if stream.owner is not self:  # taken over while the handler ran
@@ -283,6 +292,7 @@ class StreamConnection:
                 figures = stream.figures if stream is not None else None
             elif isinstance(event, Dtmf):
                 if stream is not None:
+                    stream.call.dtmf_received(event.digit)  # collect_digits first, then on_dtmf
                     keep_going &= await stream.call_handler("on_dtmf", event.digit)
             elif isinstance(event, MarkEcho):
                 if stream is not None and stream.call.mark_echoed(event.name):
@@ -399,6 +409,9 @@ class StreamConnection:
             stream.handler = self.registry.handler_factory()
             stream.call.playback_config = stream.handler.playback or self.registry.options.playback
             stream.handler.call = stream.call
+            speech = stream.handler.speech or self.registry.options.speech
+            if speech is not None:
+                self.registry.listen_for_speech(stream, speech)
         except Exception:
             stream.fail("creating the handler failed", exc_info=True)
             return False

@@ -22,6 +22,10 @@ class SocketMeter(Protocol):
     def handled(self, event: Audio, arrived: float) -> None:
         """``on_audio`` returned for ``event``; ``arrived`` is when its frame came in."""
 
+    def lagged(self, lag: float) -> None:
+        """As ``handled``, with the lag (seconds, ≥ 0) already measured on the same clock by
+        the stream's quality report: a frame is timed once, not twice."""
+
     def error(self, kind: str) -> None:
         """One input error of ``kind`` on this socket."""
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mediastream.config import StreamOptions
+from mediastream.config import SpeechOptions, StreamOptions
 from mediastream.errors import MediaStreamError
 from mediastream.logs import escape
 from mediastream.media.recording import WavRecorder, open_recording
@@ -36,11 +36,13 @@ from mediastream.runtime.lifecycle import (
     StreamState,
 )
 from mediastream.runtime.observer import NO_OBSERVER, Observer
+from mediastream.runtime.played import PlayedTrack
 from mediastream.runtime.report import StreamFigures, describe, encode, live_view, write_sidecar
 from mediastream.session import Error, Session, Started
 
 if TYPE_CHECKING:
     from mediastream.runtime.connection import StreamConnection
+    from mediastream.runtime.voice import SpeechBanks, StreamVoice
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,9 @@ class Stream:
     observer: Observer = field(default=NO_OBSERVER, repr=False)
     limits: HandlerLimits | None = field(default=None, repr=False)
     figures: StreamFigures | None = field(default=None, repr=False)  # None: reports off
+    voice: StreamVoice | None = field(default=None, repr=False)  # None: no speech detection
+    # what our players sent, into the recording (None: ``record_playback`` off)
+    played: PlayedTrack | None = field(default=None, repr=False)
     log_id: str = ""
 
     def __post_init__(self) -> None:
@@ -230,6 +235,15 @@ class StreamRegistry:
         self._expiries: dict[Stream, asyncio.TimerHandle] = {}
         self._ending: set[asyncio.Future[None]] = set()  # streams whose grace period ran out
         self._recent: deque[dict[str, Any]] = deque(maxlen=options.recent_reports)
+        self._speech_banks: SpeechBanks | None = None  # made when a stream first listens
+
+    def listen_for_speech(self, stream: Stream, options: SpeechOptions) -> None:
+        """Speech detection (and barge-in) on ``stream``, sharing the server's Silero banks."""
+        from mediastream.runtime.voice import SpeechBanks, StreamVoice  # only when asked for
+
+        if self._speech_banks is None:
+            self._speech_banks = SpeechBanks()
+        stream.voice = StreamVoice(stream, options, self._speech_banks)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -337,6 +351,9 @@ class StreamRegistry:
 
     async def _record(self, stream: Stream, event: Started) -> None:
         """Open the stream's recording; a failure is logged and counted, never fatal."""
+        if self.options.record_playback and stream.played is None:  # its players tap into it
+            stream.played = PlayedTrack(stream)
+            stream.call.on_played = stream.played.add
         try:
             stream.recorder = await asyncio.to_thread(self._open_recorder, event)
         except Exception as exc:  # recorders retry what the disk refuses: this is a bug
@@ -362,6 +379,7 @@ class StreamRegistry:
             resume_within=self.options.resume_grace_seconds,
             flush_seconds=self.options.flush_seconds,
             max_backlog_seconds=self.options.max_backlog_seconds,
+            playback=self.options.record_playback,
         )
         if recorder.path is not None:  # else the recorder said why, and retries
             logger.debug("stream %s: recording to %s", escape(event.stream_id), recorder.path)
@@ -421,7 +439,13 @@ class StreamRegistry:
                 stream.recorder.close()
         except Exception:
             logger.exception("stream %s: finalizing %s failed", stream.log_id, stream.recorder.path)
+        if stream.voice is not None:  # an utterance still open ends before on_stop
+            await stream.voice.finish()
         report = await self._report(stream) if stream.figures is not None else None
+        try:  # listen() iterators end after their last chunk; collect_digits returns
+            stream.call.end_media()
+        except Exception:
+            logger.exception("stream %s: ending its listeners failed", stream.log_id)
         await stream.call_handler("on_stop")
         repeated = {kind: n for kind, n in stream.error_counts.items() if n > 1}
         if repeated:
@@ -467,6 +491,8 @@ class StreamRegistry:
                 logger.error("stream %s: ending failed: %r", stream.log_id, result)
         if self._ending:  # expired just before: their on_stop is under way
             await asyncio.gather(*self._ending, return_exceptions=True)
+        if self._speech_banks is not None:
+            await self._speech_banks.close()
 
 
 def summary(stream: Stream) -> str:

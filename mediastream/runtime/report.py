@@ -71,38 +71,58 @@ _BINS = _OVERFLOW + 1
 # added before binning: 130 ms computed as 129.99999999 belongs in [130, 140), not [120, 130)
 _EPSILON_MS = 1e-6
 _EDGES = [start + width * i for start, width, count in _RUNS for i in range(count)] + [5000.0]
-
-
-def _bin(ms: float) -> int:
-    """The histogram bin of a non-negative duration in ms (``_EPSILON_MS`` added first)."""
-    ms += _EPSILON_MS
-    if ms < 50.0:
-        return int(ms)
-    if ms < 500.0:
-        return 50 + int((ms - 50.0) // 10.0)
-    if ms < 5000.0:
-        return 95 + int((ms - 500.0) // 100.0)
-    return _OVERFLOW
+_UPPER_EDGES = np.array(_EDGES[1:])  # a duration's bin: how many of these it reaches
+_BATCH = 50  # durations gathered before they are binned (a second of frames)
 
 
 class _Histogram:
-    """Counts of durations in fixed bins, and the exact maximum. The frame path updates
-    ``counts`` and ``maximum`` inline (a method call would double its cost)."""
+    """Counts of durations in fixed bins, and the exact maximum.
 
-    __slots__ = ("counts", "maximum")
+    The frame path only appends to ``pending`` (ms, ≥ 0), binned ``_BATCH`` at a time by
+    ``flush`` (a few numpy calls): a bin index per frame in Python (an ``int()``, a list
+    increment, a maximum) cost more than its share of the batch. Reading flushes first.
+    """
+
+    __slots__ = ("_counts", "_maximum", "pending")
 
     def __init__(self) -> None:
-        self.counts = [0] * _BINS  # a list: faster to increment than an ``array``
-        self.maximum = 0.0
+        self._counts = np.zeros(_BINS, np.int64)
+        self._maximum = 0.0
+        self.pending: list[float] = []
+
+    def flush(self) -> None:
+        """Bin what is pending."""
+        if self.pending:
+            self._add(np.array(self.pending, np.float64))
+            self.pending.clear()
+
+    def _add(self, ms: np.ndarray) -> None:
+        # the bins of the runs' arithmetic, exactly: their edges are whole milliseconds
+        bins = np.searchsorted(_UPPER_EDGES, ms + _EPSILON_MS, "right")
+        self._counts += np.bincount(bins, minlength=_BINS)
+        top = float(ms.max())
+        if top > self._maximum:
+            self._maximum = top
+
+    @property
+    def counts(self) -> list[int]:
+        self.flush()
+        return self._counts.tolist()
+
+    @property
+    def maximum(self) -> float:
+        self.flush()
+        return self._maximum
 
     def percentile(self, q: float) -> float | None:
         """The nearest-rank ``q`` quantile, rounded down to its bin (None: nothing counted)."""
-        n = sum(self.counts)
+        counts = self.counts
+        n = sum(counts)
         if not n:
             return None
         rank = max(1, math.ceil(q * n))
         seen = 0
-        for index, count in enumerate(self.counts):
+        for index, count in enumerate(counts):
             seen += count
             if seen >= rank:
                 return round(min(_EDGES[index], self.maximum), 1)
@@ -117,6 +137,36 @@ class _Histogram:
         }
 
 
+class _Jitter(_Histogram):
+    """Arrival deviations from the 20 ms clock, in batches too: per track, the transits
+    (arrival − due, s) the frame path appends, and the least so far (the reference)."""
+
+    __slots__ = ("least", "transits")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transits: dict[str, list[float]] = {}
+        self.least: dict[str, float] = {}
+
+    def flush(self) -> None:
+        for track, transits in self.transits.items():
+            if not transits:
+                continue
+            values = np.array(transits, np.float64)
+            transits.clear()
+            least = np.minimum.accumulate(values)  # each frame's reference, itself included
+            best = self.least.get(track)
+            if best is not None:
+                np.minimum(least, best, out=least)
+            self.least[track] = float(least[-1])
+            self._add((values - least) * 1000.0)  # 0 for a frame that set a new least
+
+    def restart(self) -> None:
+        """A new socket: new clocks (what is pending is judged against the old ones)."""
+        self.flush()
+        self.least.clear()
+
+
 def _dbfs(sumsq: float, samples: int) -> float | None:
     """RMS level in dBFS (None: no samples; ``DBFS_FLOOR``: digital zero)."""
     if samples <= 0:
@@ -128,35 +178,29 @@ def _dbfs(sumsq: float, samples: int) -> float | None:
 
 
 class _Level:
-    """One track's audio figures. Frames are copied into a window buffer (``add``) and
-    folded into the totals once it is full: holding on to the decoded arrays instead was
-    measured to cost several µs per frame at 200 streams (allocator and cache traffic).
+    """One track's audio figures. The frame path keeps each frame's array (``pending``) until
+    the window is full; ``fold`` then joins them (one ``np.concatenate``) and folds them into
+    the totals. Copying each frame into a window buffer instead (a memoryview slice
+    assignment: numpy's buffer export per frame) cost about 3,000 instructions a frame.
     """
 
     __slots__ = (
-        "block",
-        "capacity",
         "clipped",
-        "fill",
         "frames",
         "peak",
+        "pending",
         "samples",
         "silent",
         "size",
         "sumsq",
-        "view",
         "window",
         "window_frames",
     )
 
     def __init__(self, window_frames: int) -> None:
         self.window_frames = window_frames
-        self.size = 0  # samples per frame in the buffer (0: none yet)
-        self.capacity = 0  # window_frames × size
-        self.block = np.zeros(0, np.int16)
-        # the buffer as a memoryview: a slice assignment costs half of numpy's (0.13 µs)
-        self.view = memoryview(self.block)
-        self.fill = 0  # samples in the buffer
+        self.size = 0  # samples per frame in the window (0: none yet)
+        self.pending: list[np.ndarray] = []  # the window's frames, not folded yet
         self.frames = 0  # frames folded (received ones: not the silence for lost ones)
         self.samples = 0
         self.sumsq = 0.0  # exact: float64 holds sums of int16 squares up to 2**53
@@ -165,38 +209,41 @@ class _Level:
         self.silent = 0  # frames of digital silence
         self.window: float | None = None  # dBFS of the last full window
 
+    @property
+    def fill(self) -> int:
+        """Samples waiting in the window."""
+        return sum(map(len, self.pending))
+
     def add(self, pcm: np.ndarray, silence: int) -> None:
-        """One frame (``StreamFigures`` inlines the common case: same size, room left)."""
+        """One frame (``StreamFigures.handled`` inlines the common case: the same size)."""
         if len(pcm) != self.size:
             if not len(pcm):
                 return  # no samples: nothing to measure
-            self.fold(silence)  # a new frame size: a buffer for it
+            self.fold(silence)  # a new frame size: a new window
             self.size = len(pcm)
-            self.capacity = self.size * self.window_frames
-            self.block = np.empty(self.capacity, np.int16)
-            self.view = memoryview(self.block)
-        end = self.fill + self.size
-        self.block[self.fill : end] = pcm  # any array numpy can cast (the fast path: int16)
-        self.fill = end
-        if end >= self.capacity:
+        self.pending.append(pcm)
+        if len(self.pending) >= self.window_frames:
             self.fold(silence)
 
     def fold(self, silence: int) -> None:
-        """Fold the buffered frames into the totals (a full window, or what is left).
+        """Fold the window's frames into the totals (a full window, or what is left).
 
-        About 75,000 instructions for 25 frames of 160 samples (callgrind), mostly numpy's
-        fixed cost per call, so there are few: ``abs`` (viewed as uint16, so that -32768 is
-        32768), a per-frame max, a float64 dot (exact for these sums).
+        About 60,000 instructions for 25 frames of 160 samples (callgrind), mostly numpy's
+        fixed cost per call, so there are few: a copy of the frames (cast as a slice
+        assignment would: the usual int16 is not converted), ``abs`` in place (viewed as
+        uint16, so that -32768 is 32768), a per-frame max, a float64 dot (exact for these
+        sums, and the same over magnitudes as over samples).
         """
-        fill = self.fill
-        if not fill:
+        pending = self.pending
+        if not pending:
             return
-        self.fill = 0
-        block = self.block if fill == self.capacity else self.block[:fill]
-        frames = fill // self.size
-        magnitudes = np.abs(block).view(np.uint16)
+        frames = len(pending)
+        block = np.concatenate(pending, dtype=np.int16, casting="unsafe")
+        pending.clear()
+        fill = len(block)
+        magnitudes = np.abs(block, out=block).view(np.uint16)
         peaks = magnitudes.reshape(frames, self.size).max(axis=1).tolist()
-        floats = block.astype(np.float64)
+        floats = magnitudes.astype(np.float64)
         sumsq = float(np.dot(floats, floats))
         peak = max(peaks)
         self.frames += frames
@@ -215,7 +262,7 @@ class _Level:
             "peak": self.peak,
             "clipped": self.clipped,
             "digital_silence": round(self.silent / self.frames, 4) if self.frames else None,
-            "speech": None,  # no speech detector in this server yet
+            "speech": None,  # set by StreamFigures when a speech detector listens
         }
 
 
@@ -226,9 +273,8 @@ class StreamFigures:
         "_gap_ends",
         "_gaps",
         "_jitter",
-        "_jitter_counts",
         "_lag",
-        "_lag_counts",
+        "_lags",
         "_levels",
         "_max_entries",
         "_noted",
@@ -236,7 +282,7 @@ class StreamFigures:
         "_reconnects",
         "_silence",
         "_stream",
-        "_transit",
+        "_transits",
         "_window",
         "last_lag_ms",
         "lost",
@@ -254,11 +300,10 @@ class StreamFigures:
         self._gap_ends: dict[str, list[Any]] = {}  # each track's latest gap, to extend it
         self._reconnects: list[int] = []  # timeline positions (samples)
         self._noted: set[str] = set()  # lists that reached ``report_max_entries``
-        self._transit: dict[str, float] = {}  # per track, this socket's least arrival − due
-        self._jitter = _Histogram()
+        self._jitter = _Jitter()
         self._lag = _Histogram()
-        self._jitter_counts = self._jitter.counts  # the frame path's shortcuts
-        self._lag_counts = self._lag.counts
+        self._transits = self._jitter.transits  # the frame path's shortcuts
+        self._lags = self._lag.pending
         self._origin: float | None = None  # this socket's handler clock (as the meter's)
         self.last_lag_ms: float | None = None
         self.recording: Path | None = None
@@ -274,18 +319,14 @@ class StreamFigures:
         """
         if key is None:
             return
-        transit = at - key * FRAME_SECONDS
-        best = self._transit.get(track)  # type: ignore[arg-type]
-        if best is None or transit < best:
-            if best is None and track not in TRACKS:
+        transits = self._transits.get(track)  # type: ignore[arg-type]
+        if transits is None:
+            if track not in TRACKS:
                 return  # the session refuses such tracks: no state for them
-            self._transit[track] = transit  # type: ignore[index]
-            self._jitter_counts[0] += 1
-            return
-        ms = (transit - best) * 1000.0
-        self._jitter_counts[int(ms + _EPSILON_MS) if ms < 49.0 else _bin(ms)] += 1
-        if ms > self._jitter.maximum:
-            self._jitter.maximum = ms
+            transits = self._transits[track] = []  # type: ignore[index]
+        transits.append(at - key * FRAME_SECONDS)  # judged and binned by the batch
+        if len(transits) >= _BATCH:
+            self._jitter.flush()
 
     def audio(self, event: Audio) -> None:
         """``event`` was placed on the stream's timeline (lost ones as silence)."""
@@ -302,11 +343,11 @@ class StreamFigures:
         event: Audio,
         arrived: float,
         _now: Any = time.monotonic,  # bound here: locals are faster than globals
-        _epsilon: float = _EPSILON_MS,
-    ) -> None:
+    ) -> float:
         """``on_audio`` returned for ``event``: its audio (as ``audio``), and how far behind
-        the socket's real-time clock that was. One call for both: the frame path's cost is
-        mostly calls.
+        the socket's real-time clock that was (returned, in seconds, ≥ 0: the metrics take
+        it from here instead of timing the frame again). One call for both: the frame
+        path's cost is mostly calls.
 
         The same clock as the metrics' handler lag: it starts at the socket's first handled
         frame (``arrived``: when the frame that released it came in) and runs at the rate.
@@ -315,14 +356,9 @@ class StreamFigures:
         pcm = event.pcm
         level = self._levels.get(event.track)
         if level is not None and len(pcm) == level.size and not event.missing:
-            fill = level.fill  # ``_Level.add``, inlined
-            end = fill + level.size
-            try:
-                level.view[fill:end] = pcm
-            except (TypeError, ValueError):  # not a plain int16 buffer: numpy converts it
-                level.block[fill:end] = pcm
-            level.fill = end
-            if end >= level.capacity:
+            pending = level.pending  # ``_Level.add``, inlined
+            pending.append(pcm)
+            if len(pending) >= self._window:
                 level.fold(self._silence)
         else:
             self.audio(event)
@@ -331,19 +367,19 @@ class StreamFigures:
         if origin is None:
             origin = self._origin = min(arrived, now) - due
         ms = (now - origin - due) * 1000.0
-        if ms > 0.0:
-            self._lag_counts[int(ms + _epsilon) if ms < 49.0 else _bin(ms)] += 1
-            if ms > self._lag.maximum:
-                self._lag.maximum = ms
-        else:
+        if ms <= 0.0:
             ms = 0.0
-            self._lag_counts[0] += 1
+        lags = self._lags
+        lags.append(ms)  # binned by the batch
+        if len(lags) >= _BATCH:
+            self._lag.flush()
         self.last_lag_ms = ms
+        return ms / 1000.0
 
     def reconnected(self, position: int) -> None:
         """A new socket took the stream up; its audio goes on from ``position`` (samples)."""
         self._listed(self._reconnects, position, "reconnects")
-        self._transit.clear()  # a new socket: new arrival and handler clocks
+        self._jitter.restart()  # a new socket: new arrival and handler clocks
         self._origin = None
 
     def _missing(self, event: Audio) -> None:
@@ -378,6 +414,18 @@ class StreamFigures:
     def tracks(self) -> list[str]:
         return [track for track in TRACKS if track in self._levels]
 
+    def _track_summary(self, track: str) -> dict[str, Any]:
+        summary = self._levels[track].summary()
+        voice = self._stream.voice
+        if voice is not None:  # the share of the track's audio that was speech
+            share = voice.speech_share(track)
+            summary["speech"] = round(share, 4) if share is not None else None
+        return summary
+
+    def live_levels(self) -> dict[str, float | None]:
+        """Each track's level over its last full window (dBFS), for the live view."""
+        return {track: self._levels[track].window for track in self.tracks()}
+
     def snapshot(self) -> dict[str, Any]:
         """The live view of the stream (JSON-ready): what ``GET /streams`` shows."""
         return live_view(self._stream, self)
@@ -410,7 +458,7 @@ class StreamFigures:
             ],
             "jitter_ms": self._jitter.summary(),
             "handler_lag_p99_ms": lag,
-            "levels": {track: self._levels[track].summary() for track in self.tracks()},
+            "levels": {track: self._track_summary(track) for track in self.tracks()},
             "playback": _playback(stream),
             "reconnects": [{"at_seconds": round(p / rate, 3)} for p in self._reconnects],
             "recording": str(self.recording) if self.recording is not None else None,
@@ -445,12 +493,12 @@ def live_view(stream: Stream, figures: StreamFigures | None) -> dict[str, Any]:
         lost = figures.lost
         tracks = figures.tracks()
         lag = round(figures.last_lag_ms, 1) if figures.last_lag_ms is not None else None
-        levels = {track: figures._levels[track].window for track in tracks}
+        levels = figures.live_levels()
     else:
         lost = stream.totals.lost
         tracks = [track for track in TRACKS if track in stream.track_ends]
         lag, levels = None, {}
-    return {
+    view = {
         "stream_id": stream.stream_id,
         "state": stream.state.value,
         "codec": stream.call.media_format.encoding,
@@ -462,6 +510,10 @@ def live_view(stream: Stream, figures: StreamFigures | None) -> dict[str, Any]:
         "playback": {"queued_ms": round(stream.call.queued_ms, 1)},
         "levels": levels,
     }
+    voice = stream.voice
+    if voice is not None:  # per listened track, whether someone is speaking now
+        view["speaking"] = {track: voice.speaking(track) for track in voice.options.tracks}
+    return view
 
 
 # ---------------------------------------------------------------- the sidecar and the log line

@@ -173,6 +173,19 @@ class StreamMeter:
         else:
             self.lag_counts[0] += 1
 
+    def lagged(
+        self,
+        lag: float,
+        _bisect: Callable[[Sequence[float], float], int] = bisect_left,
+        _bounds: tuple[float, ...] = LAG_BUCKETS,
+    ) -> None:
+        """``handled``'s second half: the lag of a frame the quality report timed."""
+        if lag > 0.0:
+            self.lag_sum += lag
+            self.lag_counts[_bisect(_bounds, lag)] += 1
+        else:
+            self.lag_counts[0] += 1
+
     def error(self, kind: str) -> None:
         """One input error of ``kind`` (an ``Error`` event's kind) on this connection."""
         self.errors[kind] = self.errors.get(kind, 0) + 1

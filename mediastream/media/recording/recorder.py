@@ -21,6 +21,20 @@ The counts also go to a ``RecordingStats`` that the server's metrics read in bat
 
 Layout: mono when one track is streamed; when both are, two channels (0 inbound, 1 outbound)
 aligned by position. A mono file becomes stereo the moment the second track shows up.
+
+With ``playback=True`` (``StreamOptions.record_playback``) one more channel, always the last,
+holds what our players sent (track ``"playback"``: ``runtime/played.py`` places it on the
+timeline where the far end played it). The rule is fixed from the first frame: channel 0 is
+inbound (or the one carrier track streamed), then outbound if the carrier streams both tracks,
+then playback. So an inbound-only stream is 2 channels (inbound, playback) from its first
+block, even if nothing is ever played; with both tracks it is 3 (inbound, outbound, playback).
+Carriers start both tracks together, so the 3-channel layout is there from the first block
+too; an outbound track that shows up later widens the file to 3 channels (playback moves from
+1 to 2, as a mono file widens to stereo today). A continued file keeps its layout: 3 channels
+are read as (inbound, outbound, playback) even with ``playback`` off; 2 channels as (inbound,
+playback) with it on, (inbound, outbound) with it off. The playback channel has the same
+guarantees as the others: ``append`` never waits, its backlog is bounded by
+``max_backlog_seconds`` like each track's, and what is lost is counted.
 """
 
 from __future__ import annotations
@@ -52,6 +66,8 @@ DEFAULT_RETRY_MAX_SECONDS = 5.0  # ... doubling up to this
 # one write covers at most this much of the timeline (a backlog drains in such steps)
 MAX_WRITE_SECONDS = 2.0
 _monotonic = time.monotonic  # looked up per call, so tests can drive the clock
+TRACKS = ("inbound", "outbound")  # the carrier's tracks, in channel order
+PLAYBACK_TRACK = "playback"  # what our players sent: the last channel, when recorded
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -179,9 +195,12 @@ class WavRecorder:
         retry_min_seconds: float = DEFAULT_RETRY_MIN_SECONDS,
         retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS,
         stats: RecordingStats | None = None,
+        playback: bool = False,
     ) -> None:
         """Record to ``path``: a file name (opened here), a ``WavFile`` already open, or a
-        ``PendingFile`` (no file yet: buffer and retry creating it, see ``open_recording``)."""
+        ``PendingFile`` (no file yet: buffer and retry creating it, see ``open_recording``).
+        ``playback``: the file has a ``playback`` channel after the carrier's tracks, from its
+        first frame (see the module docstring)."""
         self.path = None
         self.sample_rate = sample_rate
         self.stream_id = stream_id
@@ -202,10 +221,16 @@ class WavRecorder:
         # one run per track, so two tracks' frames interleaved still continue their runs
         self._run = _Run(self._flush_frames + sample_rate // 10)  # inbound
         self._run_out = _Run(len(self._run.buffer))  # outbound
+        self._runs = {"inbound": self._run, "outbound": self._run_out}
+        self._playback = playback
+        if playback:  # what our players sent (``PLAYBACK_TRACK``)
+            self._runs[PLAYBACK_TRACK] = _Run(len(self._run.buffer))
         self._backlog_frames = max(int(max_backlog_seconds * sample_rate), len(self._run.buffer))
-        self._tracks: list[str] = []
+        self._tracks: list[str] = []  # in the order they showed up
+        # the file's channels, by track (None: mono, holding its first carrier track)
+        self._file_layout: tuple[str, ...] | None = None
         self._pending: list[_Piece] = []  # audio that did not continue the run, by arrival
-        self._queued = {"inbound": 0, "outbound": 0}  # samples in ``_pending``, per track
+        self._queued = dict.fromkeys(self._runs, 0)  # samples in ``_pending``, per track
         self._pending_hi = 0
         self._written_hi = 0  # one past the highest sample written
         self._closed = False
@@ -232,26 +257,44 @@ class WavRecorder:
         self._file, self.path = file, file.path
         if self._append:
             self._offset = file.frames  # positions count from the end of what the file holds
-        if file.channels == 2:
-            for track in ("inbound", "outbound"):
+        if file.channels == 3 and not self._playback:  # written with playback: keep it so
+            self._playback = True
+            self._runs[PLAYBACK_TRACK] = _Run(len(self._run.buffer))
+            self._queued[PLAYBACK_TRACK] = 0
+        # what a wide file's channels hold, by the rule; a new one's 2 channels (playback)
+        # are decided by the first frames
+        if file.channels > 1 and (file.frames or not self._playback or file.channels > 2):
+            carrier = ["inbound"] if self._playback and file.channels == 2 else TRACKS
+            for track in carrier:
                 if track not in self._tracks:
                     self._tracks.append(track)
+            self._file_layout = self._layout()
         self._written_hi = max(self._written_hi, file.frames)
         self._update_room()
 
+    def _layout(self) -> tuple[str, ...]:
+        """The file's channels by track: the carrier's tracks seen (one: itself; both:
+        inbound, outbound), then ``playback`` if recorded (with no carrier track yet, the
+        first is taken to be inbound)."""
+        carrier = [track for track in self._tracks if track in TRACKS]
+        if len(carrier) == 2:
+            carrier = list(TRACKS)
+        elif not carrier and self._playback:
+            carrier = ["inbound"]
+        return (*carrier, PLAYBACK_TRACK) if self._playback else tuple(carrier)
+
     def _update_room(self) -> None:
         queued, cap = self._queued, len(self._run.buffer)
-        self._run.limit = min(cap, self._backlog_frames - queued["inbound"])
-        self._run_out.limit = min(cap, self._backlog_frames - queued["outbound"])
+        for track, run in self._runs.items():
+            run.limit = min(cap, self._backlog_frames - queued[track])
 
     def _buffered(self) -> int:
-        return (
-            self._queued["inbound"] + self._queued["outbound"] + self._run.fill + self._run_out.fill
-        )
+        return sum(self._queued.values()) + sum(run.fill for run in self._runs.values())
 
     def _count_pending(self) -> None:
         queued = self._queued
-        queued["inbound"] = queued["outbound"] = 0
+        for track in queued:
+            queued[track] = 0
         for piece in self._pending:
             queued[piece.track] += len(piece.pcm)
         self._update_room()
@@ -260,7 +303,7 @@ class WavRecorder:
     def channels(self) -> int:
         if self._file is not None:
             return self._file.channels
-        return 2 if len(self._tracks) == 2 else 1
+        return max(1, len(self._layout()))
 
     @property
     def frames_on_disk(self) -> int:
@@ -314,13 +357,15 @@ class WavRecorder:
             raise RecordingError(
                 f"frame at {frame.sample_rate} Hz cannot go into a {self.sample_rate} Hz recording"
             )
-        track = "outbound" if frame.track == "outbound" else "inbound"
+        track = frame.track if frame.track in self._runs else "inbound"
+        if track == "inbound" and frame.track == PLAYBACK_TRACK:
+            raise RecordingError(f"recording {self._name()} has no {PLAYBACK_TRACK} channel")
         if track not in self._tracks:
             self._tracks.append(track)
             self._update_room()
         pcm = frame.pcm
         n = len(pcm)
-        run = self._run_out if track == "outbound" else self._run
+        run = self._runs[track]
         if self._queued[track] + run.fill + n > self._backlog_frames:
             self._lose(n)
             return
@@ -339,7 +384,7 @@ class WavRecorder:
     def _end_run(self, run: _Run | None = None) -> None:
         """Move ``run`` (default: both) into the pending pieces, after what came before it
         (later pieces win overlaps; the two tracks never overlap, being two channels)."""
-        for each in (run,) if run is not None else (self._run, self._run_out):
+        for each in (run,) if run is not None else tuple(self._runs.values()):
             piece = each.take()
             if piece is not None:
                 self._pending.append(piece)
@@ -375,7 +420,7 @@ class WavRecorder:
         if self._file is None and not self._open():
             return
         written = 0
-        if self._pending or self._run.fill or self._run_out.fill:
+        if self._pending or any(run.fill for run in self._runs.values()):
             before = self._buffered()
             try:
                 self._write_step()
@@ -402,6 +447,7 @@ class WavRecorder:
             not self._pending
             and file.channels == 1
             and len(self._tracks) < 2
+            and not self._playback
             and run.start == file.frames
             and run.fill
         ):  # the usual block: one run continuing a mono file, written from the buffer
@@ -416,31 +462,38 @@ class WavRecorder:
             self._written_hi = max(self._written_hi, self._pending_hi)
         else:
             self._end_run()
-            self._write_pieces(tuple(self._tracks))
+            self._write_pieces()
 
-    def _write_pieces(self, tracks: tuple[str, ...]) -> None:
+    def _write_pieces(self) -> None:
         """Merge the pieces over what the file holds and write the first ``_write_frames``."""
         pieces, file = self._pending, self._file
         assert file is not None
         if not pieces:
             return
-        if len(tracks) == 2 and file.channels == 1:
-            file.widen_to_stereo(existing_channel=1 if tracks[0] == "outbound" else 0)
+        layout = self._layout()
+        if len(layout) > file.channels:  # a track showed up: its channel joins the file
+            if not file.frames:  # nothing in it yet: any placement will do
+                placement = tuple(range(file.channels))
+            else:  # a mono file holds its first carrier track
+                first = next((t for t in self._tracks if t in TRACKS), "inbound")
+                old = self._file_layout or (first,)
+                placement = tuple(layout.index(track) for track in old)
+            file.widen(len(layout), placement)
+        self._file_layout = layout
+        channel_of = {track: index for index, track in enumerate(layout)}
         lo = min(min(p.position for p in pieces), file.frames)
         hi = max(p.position + len(p.pcm) for p in pieces)
         cut = min(hi, lo + self._write_frames)
         block = np.zeros((cut - lo, file.channels), dtype=np.int16)
         existing = file.read(lo, cut)  # keep what is there (the other channel, earlier writes)
         block[: len(existing)] = existing
-        stereo = file.channels == 2
         rest = []
         for piece in pieces:
             position, pcm = piece.position, piece.pcm
             end = position + len(pcm)
             a, b = max(position, lo), min(end, cut)
             if a < b:
-                channel = 1 if stereo and piece.track == "outbound" else 0
-                block[a - lo : b - lo, channel] = pcm[a - position : b - position]
+                block[a - lo : b - lo, channel_of[piece.track]] = pcm[a - position : b - position]
             if end > cut:  # beyond this write: kept, in order, for the next one
                 rest.append(
                     piece if position >= cut else _Piece(piece.track, cut, pcm[cut - position :])
@@ -588,7 +641,9 @@ class WavRecorder:
             if left:
                 self.lost_samples += left
                 self._stats.lost_seconds += left / self.sample_rate
-                self._pending, self._run.fill, self._run_out.fill = [], 0, 0
+                self._pending = []
+                for run in self._runs.values():
+                    run.fill = 0
                 self._count_pending()
                 logger.error(
                     "stream %s: closing recording %s with %.2f s of audio that could not be "
@@ -628,6 +683,7 @@ def open_recording(
     retry_min_seconds: float = DEFAULT_RETRY_MIN_SECONDS,
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS,
     stats: RecordingStats | None = None,
+    playback: bool = False,
 ) -> WavRecorder:
     """The recorder for a new session of ``stream_id`` in ``record_dir``.
 
@@ -641,13 +697,16 @@ def open_recording(
     ``max_backlog_seconds`` of audio per track and retries creating a new file (never
     continuing one) on its backoff timer, without blocking, then writes the audio in place.
     Other keywords are ``WavRecorder``'s; the recorder marks its file finished at ``close``.
+    A new file with ``playback`` has its 2 channels from the start.
     """
     directory = Path(record_dir)
     target: WavFile | PendingFile
+    channels = 2 if playback else 1
     try:
         target = claim_session_file(
-            directory, stream_id, sample_rate, 1, resume_within=resume_within, patience=None
-        )
+            directory, stream_id, sample_rate, channels, resume_within=resume_within,
+            patience=None,
+        )  # fmt: skip
     except OSError as exc:
 
         def create(channels: int) -> WavFile:  # on the event loop: no waiting for locks
@@ -660,4 +719,5 @@ def open_recording(
         target, sample_rate, flush_seconds=flush_seconds, stream_id=stream_id, append=append,
         finalize=True, max_backlog_seconds=max_backlog_seconds,
         retry_min_seconds=retry_min_seconds, retry_max_seconds=retry_max_seconds, stats=stats,
+        playback=playback,
     )  # fmt: skip

@@ -149,7 +149,8 @@ class WavFile:
         self.path = Path(path)
         flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if create else 0)
         self._fd = os.open(self.path, flags, 0o644)
-        self._widening: bytes | None = None  # stereo data not yet fully over the mono data
+        # (data, channels) of a widening not yet fully over the narrower data (see ``widen``)
+        self._widening: tuple[bytes, int] | None = None
         self.written_to = 0  # one past the last whole frame the latest ``write`` put on disk
         self._header_state = (-1, -1)  # (frames, channels) the header on disk declares
         try:
@@ -215,7 +216,7 @@ class WavFile:
     def read(self, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` as an (n, channels) int16 array (clipped to what exists)."""
         if self._widening is not None:
-            self.widen_to_stereo(0)  # finish it first: the data on disk is half-way
+            self._finish_widening()  # first: the data on disk is half-way
         stop = min(stop, self.frames)
         if stop <= start:
             return np.zeros((0, self.channels), dtype=np.int16)
@@ -230,7 +231,7 @@ class WavFile:
         the error is raised; writing the same block again is how to retry.
         """
         if self._widening is not None:
-            self.widen_to_stereo(0)
+            self._finish_widening()
         if start > self.frames:
             raise RecordingError(f"write at frame {start} would leave a hole after {self.frames}")
         data = np.ascontiguousarray(block, dtype="<i2")
@@ -246,31 +247,42 @@ class WavFile:
         self._write_header()
 
     def widen_to_stereo(self, existing_channel: int) -> None:
-        """Rewrite a mono file as two channels, its audio going to ``existing_channel``.
+        """Rewrite a mono file as two channels, its audio going to ``existing_channel``."""
+        self.widen(2, (existing_channel,))
 
-        The half beyond the mono data goes first: it overwrites nothing, and it is the part
-        that needs new disk space, so a full disk fails it with the mono file intact (cut
-        back to its length). If the rewrite of the mono part then fails, the stereo data is
-        kept and the next call (or ``read``/``write``) finishes it.
+    def widen(self, channels: int, placement: tuple[int, ...]) -> None:
+        """Rewrite the file with ``channels`` channels: old channel ``i`` goes to channel
+        ``placement[i]``, the new ones are silence (a no-op if it has that many already).
+
+        The part beyond the old data goes first: it overwrites nothing, and it is the part
+        that needs new disk space, so a full disk fails it with the old file intact (cut back
+        to its length). If the rewrite of the old part then fails, the new data is kept and
+        the next call (or ``read``/``write``) finishes it.
         """
-        if self.channels == 2:
-            return
         if self._widening is None:
-            mono = self.read(0, self.frames)[:, 0]
-            stereo = np.zeros((len(mono), 2), dtype="<i2")
-            stereo[:, existing_channel] = mono
-            raw = stereo.tobytes()
-            half = len(raw) // 2
-            _, error = _pwrite_all(self._fd, raw[half:], self._data_offset + half)
+            if self.channels >= channels:
+                return
+            if len(placement) != self.channels or len(set(placement)) != len(placement):
+                raise RecordingError(f"cannot place {self.channels} channels at {placement}")
+            old = self.read(0, self.frames)
+            wide = np.zeros((len(old), channels), dtype="<i2")
+            wide[:, list(placement)] = old
+            raw = wide.tobytes()
+            kept = len(old) * 2 * self.channels  # bytes of the old data, rewritten last
+            _, error = _pwrite_all(self._fd, raw[kept:], self._data_offset + kept)
             if error is not None:
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self._data_offset + half)
+                    os.ftruncate(self._fd, self._data_offset + kept)
                 raise error
-            self._widening = raw
-        raw = self._widening
-        self._put(raw[: len(raw) // 2], self._data_offset)
+            self._widening = (raw, channels)
+        self._finish_widening()
+
+    def _finish_widening(self) -> None:
+        assert self._widening is not None
+        raw, channels = self._widening
+        self._put(raw[: self.frames * 2 * self.channels], self._data_offset)
         self._widening = None
-        self.channels = 2
+        self.channels = channels
         self._write_header()
 
     def finalize(self) -> None:
