@@ -1,8 +1,9 @@
 """A voice bot: greets, listens, answers each utterance, and takes a PIN by DTMF.
 
+    python examples/voice_bot.py --make-caller caller.wav   # espeak-ng: silence, a sentence
     python examples/voice_bot.py [--port 8765] [--record-dir recordings]
     mediastream simulate ws://127.0.0.1:8765/ --realtime --audio caller.wav \\
-        --dtmf 9:1 --dtmf 9.4:2 --dtmf 9.8:3 --dtmf 10.2:4 --dtmf 10.6:# --linger 4
+        --dtmf 8:1 --dtmf 8.3:2 --dtmf 8.6:3 --dtmf 8.9:4 --dtmf 9.2:# --linger 4
 
 What it shows, each piece a few lines:
 
@@ -12,8 +13,8 @@ What it shows, each piece a few lines:
   can: speaking over one for ``barge_in_ms`` clears it and ``on_interrupted`` says how much
   was heard;
 - a pluggable ``respond(utterance) -> Reply``: the stand-in here speaks a fixed sentence
-  with espeak-ng (offline); a real bot puts speech-to-text, a language model and
-  text-to-speech behind the same function (the README names some);
+  with espeak-ng (offline); a real bot overrides it with speech-to-text, a language model
+  and text-to-speech (the README names some);
 - a PIN collected with a terminator and timeouts (``collect_digits``), in a task, while the
   audio keeps flowing;
 - a recording that holds both voices (``record_playback``): the caller, then what the bot
@@ -27,7 +28,6 @@ import asyncio
 import io
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +62,6 @@ async def speak(text: str) -> Reply:
     return Reply(pcm, rate)
 
 
-Respond = Callable[[Utterance], Awaitable[Reply | None]]
-
-
 async def fixed_reply(utterance: Utterance) -> Reply | None:
     """The stand-in for STT, a model and TTS: the same sentence for every utterance."""
     seconds = utterance.duration_ms / 1000
@@ -75,8 +72,12 @@ class VoiceBot(StreamHandler):
     """One call: greet, then answer every utterance; meanwhile collect a 4-digit PIN."""
 
     speech = SpeechOptions()  # webrtc on the caller's track; barge-in after 300 ms of speech
-    respond: Respond = staticmethod(fixed_reply)
-    greeting_text = "Hello. Say something after the tone, or enter your PIN and press pound."
+    greeting_text = "Hello. Say something, or enter your PIN."
+
+    async def respond(self, utterance: Utterance) -> Reply | None:
+        """What to say back to ``utterance`` (None: nothing). Override this to plug in
+        speech-to-text, a language model and text-to-speech."""
+        return await fixed_reply(utterance)
 
     async def on_start(self) -> None:
         self.utterances: list[Utterance] = []
@@ -105,7 +106,7 @@ class VoiceBot(StreamHandler):
         logger.info(
             "%s: utterance %.0f-%.0f ms", self.call.stream_id, utterance.start_ms, utterance.end_ms
         )
-        reply = await type(self).respond(utterance)
+        reply = await self.respond(utterance)
         if reply is not None:
             await self.call.play(reply.pcm, reply.sample_rate)  # interruptible
 
@@ -117,6 +118,16 @@ class VoiceBot(StreamHandler):
         self.pin_task.cancel()
 
 
+async def make_caller(path: str) -> None:
+    """A caller to try the bot with: 3 s of silence (the greeting), one sentence, then 8 s of
+    silence while the bot answers and the keys are pressed."""
+    said = await speak("I would like to check my account balance please.")
+    silence = np.zeros(said.sample_rate, np.int16)
+    pcm = np.concatenate([silence] * 3 + [said.pcm] + [silence] * 8)
+    soundfile.write(path, pcm, said.sample_rate, subtype="PCM_16")
+    print(f"wrote {path}")
+
+
 def ready(server: MediaServer) -> None:
     print(f"mediastream: listening on ws://{server.host}:{server.port}/", flush=True)
 
@@ -126,8 +137,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--record-dir", help="record both voices to DIR/<stream_id>.wav")
+    parser.add_argument("--make-caller", metavar="WAV", help="write a caller to try it, and exit")
     args = parser.parse_args()
+    if args.make_caller:
+        asyncio.run(make_caller(args.make_caller))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     options = StreamOptions(
         record_dir=args.record_dir,
         record_playback=True,  # the bot's voice as the recording's last channel

