@@ -58,16 +58,22 @@ class SpeechOptions:
     tracks: tuple[str, ...] = ("inbound",)  # the tracks listened to (inbound: the caller)
     threshold: float = 0.5  # a window with a probability at or above this is speech
     webrtc_mode: int = 3  # webrtcvad's aggressiveness, 0-3
-    min_speech_ms: int = 200  # speech this long (in a row) starts an utterance
-    min_silence_ms: int = 500  # silence this long ends it
+    # speech windows adding up to this start an utterance (dips shorter than min_silence_ms
+    # are tolerated; only speech counts)
+    min_speech_ms: int = 200
+    min_silence_ms: int = 500  # silence this long in a row ends it
     padding_ms: int = 200  # audio kept before the onset and after the end, in the utterance
     # an utterance longer than this is ended and a new one starts (audio held per track)
     max_utterance_seconds: float = 30.0
-    # barge-in: the caller's speech this long (in a row) while an interruptible playback
-    # plays clears it; shorter sounds (backchannels: "mm", "ok") do not. None: no barge-in
+    # barge-in: the caller's speech adding up to this (as min_speech_ms counts it) while an
+    # interruptible playback plays clears it; shorter sounds ("mm", "yes") do not. None: off
     barge_in_ms: int | None = 300
-    # the silero bank runs every stream's ready windows in one batch this often
+    # the silero bank runs every stream's ready windows in one batch this often ...
     bank_interval_ms: int = 32
+    # ... in runs of at most this many streams, yielding to the event loop between them: one
+    # run of 128 streams held the loop 7-9 ms, of 16 about 1.5 ms, for 8-60 % more CPU
+    # (``benchmarks/vad.py``). None: one run for all
+    bank_max_batch: int | None = 16
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,11 @@ class MediaCore:
                 await asyncio.to_thread(recover_recordings, options.record_dir)
             self._bound_file_descriptors()
             costs = await asyncio.to_thread(warm_up)  # before listening: no call waits for it
+            asked = (options.speech, getattr(self.registry.handler_factory, "speech", None))
+            if any(s is not None and s.detector == "silero" for s in asked):  # 0.1-0.2 s
+                from mediastream.voice.detect import load_model
+
+                await asyncio.to_thread(load_model)
             if costs:
                 logger.debug(
                     "codecs ready in %.2f s (%s)",

@@ -48,7 +48,9 @@ class SpeechBanks:
             key = (rate, options)
             bank = self._banks.get(key)
             if bank is None:
-                bank = self._banks[key] = SileroBank(options, rate)
+                bank = self._banks[key] = SileroBank(
+                    options, rate, max_batch=options.bank_max_batch
+                )
                 # ``start`` only schedules the periodic runs: it returns at its first step
                 self._starting.add(asyncio.get_running_loop().create_task(bank.start()))
             return make_detector(options, sample_rate, bank)
