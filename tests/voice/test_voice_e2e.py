@@ -57,6 +57,7 @@ class TalkingBot(StreamHandler):
     INTERRUPTIBLE: ClassVar[bool] = True
     events: ClassVar[list[tuple[str, Any, float]]] = []
     prompts: ClassVar[list[Playback]] = []
+    reports: ClassVar[list[dict[str, Any] | None]] = []
 
     async def on_start(self) -> None:
         self.at_ms = 0.0
@@ -75,19 +76,37 @@ class TalkingBot(StreamHandler):
     async def on_interrupted(self, playback: Playback) -> None:
         TalkingBot.events.append(("interrupted", playback, self.at_ms))
 
+    async def on_stop(self) -> None:
+        TalkingBot.reports.append(self.call.report)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_bot() -> None:
-    TalkingBot.events, TalkingBot.prompts = [], []
+    TalkingBot.events, TalkingBot.prompts, TalkingBot.reports = [], [], []
     TalkingBot.PROMPT_S, TalkingBot.INTERRUPTIBLE = 6.0, True
+
+
+SPEAKING: list[tuple[float, bool]] = []  # (call time s, the live view's "speaking")
 
 
 async def call(audio: np.ndarray, linger: float = 1.0) -> Any:
     options = StreamOptions(playback=PlaybackConfig(mode="rtp"))
+    SPEAKING.clear()
     async with MediaServer(TalkingBot, port=0, options=options) as server:
+
+        async def watch() -> None:  # what GET /streams shows, every 50 ms
+            began = asyncio.get_running_loop().time()
+            while True:
+                for view in server.registry.live_snapshots():
+                    now = asyncio.get_running_loop().time() - began
+                    SPEAKING.append((now, view["speaking"]["inbound"]))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
         url = f"ws://127.0.0.1:{server.port}/"
         plan = plan_call(audio, codec="PCMU")
         result = await send_call(url, plan, realtime=True, linger=linger, far_end=FarEndConfig())
+        watcher.cancel()
     return result.far_end
 
 
@@ -124,6 +143,17 @@ async def test_an_utterance_at_its_labels_times_clears_the_prompt_within_100_ms(
     # what the prompt's playback says was heard is what the far end played
     heard_ms = far.heard_at_clear[0] * 1000 / RATE
     assert abs(prompt.heard_ms - heard_ms) <= 100, (prompt.heard_ms, heard_ms)
+    # the live view said "speaking" while the caller spoke, and only then (±0.3 s)
+    spoke = [t for t, speaking in SPEAKING if speaking]
+    assert spoke and not [t for t, s in SPEAKING if not s and onset_ms / 1000 + 0.3 < t <
+                          offset_ms / 1000 - 0.3]  # fmt: skip
+    # the report's share of speech (the windows the detector called speech, over the audio
+    # received): the labels' share, within the detector's misses on one sentence (F1 0.95)
+    [report] = TalkingBot.reports
+    assert report is not None
+    share = report["levels"]["inbound"]["speech"]
+    expected = np.count_nonzero(labels) * 20 / report["duration_seconds"] / 1000
+    assert expected - 0.1 <= share <= expected + 0.02, (share, expected)
 
 
 async def test_a_protected_prompt_is_never_cleared():
