@@ -531,7 +531,9 @@ def ladder(args: argparse.Namespace) -> list[int]:
         return list(args.quick_streams)
     steps, n = [], float(args.start)
     while n <= args.max_streams:
-        steps.append(int(round(n / 10) * 10))
+        rounded = int(round(n / 10) * 10)
+        if not steps or rounded > steps[-1]:  # rounding to tens repeats small N: once each
+            steps.append(rounded)
         n *= 1 + args.step
     return steps
 

@@ -154,6 +154,12 @@ class Call:
         return self._player.on_mark_echo(name) if self._player is not None else True
 
     @property
+    def has_player(self) -> bool:
+        """Something was played, marked or cleared on this socket (barge-in checks this
+        before anything dearer)."""
+        return self._player is not None
+
+    @property
     def queued_ms(self) -> float:
         """Audio queued for the caller and not yet heard (0 without a player)."""
         return self._player.queued_ms if self._player is not None else 0.0

@@ -271,8 +271,9 @@ class StreamConnection:
                         stream.call.feed_listeners(event)
                     handled = await stream.call_handler("on_audio", event)
                     keep_going &= handled
-                    if handled and stream.voice is not None:  # speech events, barge-in
-                        keep_going &= await stream.voice.on_audio(event)
+                    voice = stream.voice  # speech events, barge-in: awaited only when due
+                    if handled and voice is not None and voice.heard(event):
+                        keep_going &= await voice.act()
                     if figures is not None:  # one call a frame: its audio, and its lag
                         if handled:
                             lag = figures.handled(event, self.last_activity)

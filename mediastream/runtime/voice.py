@@ -69,34 +69,51 @@ class SpeechBanks:
 class StreamVoice:
     """One stream's speech detection and barge-in policy."""
 
-    __slots__ = ("barge_in_ms", "options", "speech", "stream")
+    __slots__ = ("_found", "barge_in_ms", "options", "speech", "stream")
 
     def __init__(self, stream: Stream, options: SpeechOptions, banks: SpeechBanks) -> None:
         self.stream = stream
         self.options = options
         self.barge_in_ms = options.barge_in_ms
         self.speech = StreamSpeech(options, banks.maker(options))
+        self._found: list[SpeechStarted | SpeechEnded] = []  # for ``act``
 
-    async def on_audio(self, event: Audio) -> bool:
-        """Feed one handled frame; False when a handler method failed (the stream ends)."""
-        stream = self.stream
-        speech = self.speech
-        for found in speech.feed(event):
-            if not await self._deliver(found):
-                return False
-        if (
+    def heard(self, event: Audio) -> bool:
+        """Feed one handled frame (plain calls: most frames end here); True when there is
+        something to act on (``act``): speech events, or a barge-in due."""
+        found = self.speech.feed(event)
+        if found:
+            self._found = found
+            return True
+        return self._barge_in_due(event.track)
+
+    def _barge_in_due(self, track: str) -> bool:
+        return (
             self.barge_in_ms is not None
-            and event.track == "inbound"
-            and speech.speech_ms("inbound") >= self.barge_in_ms
-        ):
-            playback = await stream.call.interrupt_for_speech()
-            if playback is not None:
-                logger.debug(
-                    "stream %s: barge-in: caller spoke over playback %s after %.0f ms of it",
-                    stream.log_id, playback.mark_name, playback.heard_ms,
-                )  # fmt: skip
-                return await stream.call_handler("on_interrupted", playback)
-        return True
+            and track == "inbound"
+            and self.stream.call.has_player
+            and self.speech.speech_ms("inbound") >= self.barge_in_ms
+        )
+
+    async def act(self) -> bool:
+        """Deliver the speech events ``heard`` found, then clear an interruptible playback
+        if the caller has spoken over it long enough; False when a handler method failed
+        (the stream ends)."""
+        stream = self.stream
+        found, self._found = self._found, []
+        for event in found:
+            if not await self._deliver(event):
+                return False
+        if not self._barge_in_due("inbound"):
+            return True
+        playback = await stream.call.interrupt_for_speech()
+        if playback is None:
+            return True
+        logger.debug(
+            "stream %s: barge-in: the caller spoke over playback %s after %.0f ms of it",
+            stream.log_id, playback.mark_name, playback.heard_ms,
+        )  # fmt: skip
+        return await stream.call_handler("on_interrupted", playback)
 
     async def _deliver(self, found: SpeechStarted | SpeechEnded) -> bool:
         if isinstance(found, SpeechStarted):

@@ -205,10 +205,12 @@ class Segmenter:
     def decide(self, start: int, length: int, probability: float) -> list[SpeechEvent]:
         """The detector's decision on the window ``[start, start + length)``."""
         out: list[SpeechEvent] = []
-        self._decide(start, length, probability, out)
+        self.decide_into(start, length, probability, out)
         return out
 
-    def _decide(self, start: int, length: int, probability: float, out: list[SpeechEvent]) -> None:
+    def decide_into(
+        self, start: int, length: int, probability: float, out: list[SpeechEvent]
+    ) -> None:
         """``decide``, appending to ``out`` (the per-window path allocates no list)."""
         last = self._next
         if last is not None and start < last:

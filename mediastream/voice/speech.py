@@ -114,7 +114,7 @@ class TrackSpeech:
         self._finished = False
         # the per-frame path's calls, looked up once
         self._hold = self.segmenter.audio
-        self._decide = self.segmenter._decide
+        self._decide = self.segmenter.decide_into
         self._push = detector.push if self._resampler is None else self._resample
         self._take = detector.take
 
