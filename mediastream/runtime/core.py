@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -81,6 +82,21 @@ class Refusal:
 Routes = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
 
 
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """``gc.freeze()`` once per process, after start-up (modules, codecs, the model): the
+    cyclic collector then never walks those objects again. A full collection walked them all,
+    40-60 ms of a stalled event loop in a server with numpy and friends loaded (every stream
+    late by that much), and the per-frame work of speech detection made those collections
+    frequent (``benchmarks/RESULTS.md``, "Server load with speech detection")."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
 class MediaCore:
     """Streams, limits, auth, drain and shutdown for any transport."""
 
@@ -136,6 +152,7 @@ class MediaCore:
                     "codecs ready in %.2f s (%s)",
                     sum(costs.values()), ", ".join(f"{k} {v:.2f} s" for k, v in costs.items()),
                 )  # fmt: skip
+            _freeze_startup_objects()
             self.observer.watch(self.registry.calls)
             self.observer.start()
             self._sweeper = asyncio.create_task(self._sweep())
