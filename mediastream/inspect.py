@@ -37,6 +37,7 @@ from mediastream.runtime.report import (
     FRAME_SECONDS,
     FULL_SCALE,
     REPORT_VERSION,
+    json_safe,
 )
 
 # a run of exact zeros at least this long is a gap (one frame: what a lost frame leaves)
@@ -676,19 +677,5 @@ def run(
         progress.close()
     if as_json:
         document: Any = results[0] if len(results) == 1 else results
-        out.write(json.dumps(_finite(document), indent=2, allow_nan=False) + "\n")
+        out.write(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     return 0
-
-
-def _finite(value: Any) -> Any:
-    """``value`` as strict JSON: NaN and infinities (a silent track's dBFS, as Python's
-    ``json`` writes them) become None, numpy scalars plain numbers."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

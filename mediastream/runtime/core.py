@@ -82,18 +82,13 @@ class Refusal:
 Routes = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
 
 
-_frozen = False
-
-
 def _freeze_startup_objects() -> None:
     """``gc.freeze()`` once per process, after start-up (modules, codecs, the model): the
     cyclic collector then never walks those objects again. A full collection walked them all,
     40-60 ms of a stalled event loop in a server with numpy and friends loaded (every stream
     late by that much), and the per-frame work of speech detection made those collections
     frequent (``benchmarks/RESULTS.md``, "Server load with speech detection")."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
+    if not gc.get_freeze_count():  # a second server in the process adds nothing to freeze
         gc.freeze()
 
 

@@ -538,6 +538,20 @@ def describe(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON: NaN and infinities (a silent track's dBFS, as Python's
+    ``json`` writes them) become None, numpy scalars plain numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def encode(report: dict[str, Any]) -> str:
     """The sidecar's text: indented JSON, ASCII (a stream id's odd characters escaped)."""
     return json.dumps(report, indent=2, allow_nan=False) + "\n"

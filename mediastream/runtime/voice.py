@@ -13,7 +13,6 @@ come up to that much later on the wall clock, never out of order.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -36,7 +35,6 @@ class SpeechBanks:
 
     def __init__(self) -> None:
         self._banks: dict[tuple[int, SpeechOptions], SileroBank] = {}
-        self._starting: set[asyncio.Task[None]] = set()
 
     def maker(self, options: SpeechOptions) -> Callable[[int], TrackDetector]:
         """``make(rate)`` for ``StreamSpeech``: a detector, from a shared bank for silero."""
@@ -51,16 +49,12 @@ class SpeechBanks:
                 bank = self._banks[key] = SileroBank(
                     options, rate, max_batch=options.bank_max_batch
                 )
-                # ``start`` only schedules the periodic runs: it returns at its first step
-                self._starting.add(asyncio.get_running_loop().create_task(bank.start()))
+                bank.start()
             return make_detector(options, sample_rate, bank)
 
         return make
 
     async def close(self) -> None:
-        if self._starting:
-            await asyncio.gather(*self._starting, return_exceptions=True)
-            self._starting.clear()
         banks, self._banks = list(self._banks.values()), {}
         for bank in banks:
             await bank.stop()

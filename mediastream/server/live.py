@@ -22,7 +22,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from urllib.parse import parse_qs, quote
 from mediastream.config import Config
 from mediastream.media.recording.naming import recording_base
 from mediastream.runtime.core import HttpRequest, HttpResponse
+from mediastream.runtime.report import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class LiveView:
                     except OSError:
                         pass  # removed since: the report as the server holds it
                 kept = {k: v for k, v in report.items() if k != "sidecar"}
-                return (json.dumps(_finite(kept), indent=2) + "\n").encode()
+                return (json.dumps(json_safe(kept), indent=2) + "\n").encode()
             picture = _picture_of(report)
             if kind == "png" and picture is not None and picture.name == name:
                 return _read(picture)
@@ -338,15 +338,4 @@ def _json(value: Any) -> str:
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False) + "\n"
     except ValueError:
-        return json.dumps(_finite(value), separators=(",", ":")) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities (a silent track's dBFS) as None: JSON has neither."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(json_safe(value), separators=(",", ":")) + "\n"

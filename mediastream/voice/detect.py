@@ -285,25 +285,30 @@ class BankDetector:
         self.sample_rate = bank.sample_rate
         self.window = bank.window
         self._bank: SileroBank | None = bank
-        self._slot = slot
-        self._pending = _Pending(self.window)
-        self._out: list[float] = []
+        # the bank reads and fills these (the two classes are one mechanism)
+        self.slot = slot  # its row in the bank's state and context arrays
+        self.pending = _Pending(self.window)  # pushed audio, whole windows for the bank
+        self.out: list[float] = []  # scored windows, until ``take``
 
     def push(self, pcm: np.ndarray) -> None:
         if self._bank is None:
             raise RuntimeError("push on a closed detector")
-        self._pending.push(pcm)
+        self.pending.push(pcm)
 
     def take(self) -> list[float]:
-        out, self._out = self._out, []
+        out, self.out = self.out, []
         return out
+
+    @property
+    def closed(self) -> bool:
+        return self._bank is None
 
     def close(self) -> None:
         """Leave the bank; windows not yet run are dropped (the stream is over)."""
         bank, self._bank = self._bank, None
         if bank is not None:
-            bank._leave(self)
-            self._pending.clear()
+            bank.leave(self)
+            self.pending.clear()
 
 
 class SileroBank:
@@ -372,10 +377,11 @@ class SileroBank:
         self._members[slot] = member
         return member
 
-    def _leave(self, member: BankDetector) -> None:
-        if self._members.get(member._slot) is member:
-            del self._members[member._slot]
-            self._free.append(member._slot)
+    def leave(self, member: BankDetector) -> None:
+        """``member`` closed: its slot is free for the next stream."""
+        if self._members.get(member.slot) is member:
+            del self._members[member.slot]
+            self._free.append(member.slot)
 
     def run(self) -> int:
         """Score every stream's ready windows, one batched ``session.run`` per round (one
@@ -389,7 +395,7 @@ class SileroBank:
 
     def _round(self) -> list[list[BankDetector]]:
         """The streams with a window ready, cut into batches of at most ``max_batch``."""
-        ready = [m for m in self._members.values() if m._pending.ready()]
+        ready = [m for m in self._members.values() if m.pending.ready()]
         size = self.max_batch or len(ready) or 1
         return [ready[i : i + size] for i in range(0, len(ready), size)]
 
@@ -397,11 +403,11 @@ class SileroBank:
         """One ``session.run``: the next window of each stream of ``batch``."""
         began = time.perf_counter()
         ctx = self._context_size
-        slots = np.fromiter((m._slot for m in batch), dtype=np.intp, count=len(batch))
+        slots = np.fromiter((m.slot for m in batch), dtype=np.intp, count=len(batch))
         x = np.empty((len(batch), ctx + self.window), dtype=np.float32)
         x[:, :ctx] = self._context[slots]
         for row, member in enumerate(batch):
-            x[row, ctx:] = member._pending.pop()
+            x[row, ctx:] = member.pending.pop()
         x[:, ctx:] *= _SCALE
         out, state = self._session.run(
             None, {"input": x, "state": self._state[:, slots], "sr": self._sr}
@@ -409,14 +415,15 @@ class SileroBank:
         self._state[:, slots] = state
         self._context[slots] = x[:, -ctx:]
         for member, probability in zip(batch, out[:, 0].tolist(), strict=True):
-            member._out.append(probability)
+            member.out.append(probability)
         self.runs += 1
         self.windows += len(batch)
         self.longest_run = max(self.longest_run, time.perf_counter() - began)
         return len(batch)
 
-    async def start(self) -> None:
-        """Run the bank every ``bank_interval_ms`` on the running loop, until ``stop()``."""
+    def start(self) -> None:
+        """Run the bank every ``bank_interval_ms`` on the running loop, until ``stop()``
+        (it schedules the runs and returns: callable from plain code on the loop)."""
         if self._task is None:
             loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._run_every(), name="silero-bank")
@@ -445,7 +452,7 @@ class SileroBank:
                     for i, batch in enumerate(batches):
                         if i:  # cut into batches: let the loop run between them
                             await asyncio.sleep(0)
-                        live = [m for m in batch if m._bank is not None]  # not closed since
+                        live = [m for m in batch if not m.closed]  # not closed since
                         if live:
                             self._run(live)
             except Exception:

@@ -9,7 +9,6 @@ clock (``FarEnd.heard_on_call_clock``), sample by sample and by where the audio 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,21 +25,11 @@ from mediastream.media.resample import StreamResampler
 from mediastream.runtime.played import StreamClock
 from mediastream.simulate import FarEnd, FarEndConfig, plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
+from tests.media.test_recording import Frame
+from tests.media.test_recording import tone as noise  # random samples, as the name says
 
 # the acceptance bound for a voice bot's recording (the measured errors are far less)
 ALIGNMENT_BOUND_S = 0.020
-
-
-@dataclass
-class Frame:
-    track: str
-    pcm: np.ndarray
-    sample_rate: int
-    position: int
-
-
-def noise(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-20000, 20000, n, dtype=np.int16)
 
 
 def chirp(seconds: float, rate: int, f0: float = 300.0, f1: float = 3000.0) -> np.ndarray:

@@ -200,7 +200,7 @@ async def test_bank_runs_on_the_loop_and_stop_scores_the_rest(max_batch: int | N
     bank = SileroBank(options, 8000, max_batch=max_batch)
     detectors = [bank.detector() for _ in range(5)]
     pcm = voice(8000, 1.0, seed=3)
-    await bank.start()
+    bank.start()
     for d in detectors:
         d.push(pcm[:4000])
     for _ in range(500):  # until the periodic run has happened (not a timing assertion)
