@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import importlib
 import os
 import socket
@@ -149,10 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from mediastream.server.workers import worker_ready
 
         on_ready = worker_ready(args.ready_fd, args.lifeline_fd)  # the supervisor prints it
-    # What exists at startup (modules, numba, pydantic schemas) lives as long as the
-    # process: frozen, it is never scanned again, which cut full collections under load
-    # from 33 to 19 ms at 340 streams (each such pause delays every stream's frames).
-    gc.freeze()
+    # gc.freeze() comes in MediaCore.start, after the codecs' warm-up and the speech modules
     try:
         run_event_loop(server.serve_forever(on_ready=on_ready), args.loop)
     except OSError as exc:

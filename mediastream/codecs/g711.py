@@ -113,8 +113,11 @@ def _audioop_decoder(
         return None  # pragma: no cover - a different audioop build
 
     def decode(_table: np.ndarray, payload: bytes) -> np.ndarray:
-        # a bytearray keeps the array writable, as the numpy lookup's is
-        return np.frombuffer(bytearray(convert(payload, 2)), dtype=np.int16)
+        # A copy keeps the array writable, as the numpy lookup's is. Not a bytearray: an
+        # array over one has a memoryview for base, two objects the cyclic GC tracks for as
+        # long as the frame lives (a speech detector holds seconds of frames per stream),
+        # which made full collections walk them all.
+        return np.frombuffer(convert(payload, 2), dtype=np.int16).copy()
 
     return decode
 

@@ -138,6 +138,8 @@ class MediaCore:
             self._bound_file_descriptors()
             costs = await asyncio.to_thread(warm_up)  # before listening: no call waits for it
             asked = (options.speech, getattr(self.registry.handler_factory, "speech", None))
+            if any(s is not None for s in asked):
+                import mediastream.runtime.voice  # noqa: F401  (imported now, frozen below)
             if any(s is not None and s.detector == "silero" for s in asked):  # 0.1-0.2 s
                 from mediastream.voice.detect import load_model
 

@@ -117,6 +117,12 @@ class TrackSpeech:
         self._decide = self.segmenter.decide_into
         self._push = detector.push if self._resampler is None else self._resample
         self._take = detector.take
+        # a detector that scores a whole frame at once (webrtc), at the track's own rate:
+        # the common frame skips push/take/_place (a third of the per-frame cost)
+        score = getattr(detector, "score", None)
+        self._score: Callable[[np.ndarray], float | None] | None = (
+            score if self._resampler is None else None
+        )
 
     # -- state (the segmenter's) -------------------------------------------------------------
 
@@ -141,6 +147,20 @@ class TrackSpeech:
     def feed(self, pcm: np.ndarray, position: int) -> list[SpeechEvent]:
         """The track's next audio, int16 at ``sample_rate``, first sample at ``position``."""
         end = self._end
+        if position == end and self._score is not None and not self._offsets:
+            # in order, and the detector may score it at once: then window k is this frame
+            # (nothing pending means the fed samples so far are whole windows)
+            probability = self._score(pcm)
+            if probability is not None:
+                n = len(pcm)
+                fed = self._fed
+                self._hold(pcm, position)
+                self._end = position + n
+                self._fed = fed + n
+                self._windows += 1
+                out: list[SpeechEvent] = []
+                self._decide(fed + self._offset, n, probability, out)
+                return out
         if position != end:
             if end is None:
                 self._offset = position - self._fed
@@ -158,9 +178,9 @@ class TrackSpeech:
         probabilities = self._take()
         if not probabilities:
             return []
-        out: list[SpeechEvent] = []
-        self._place(probabilities, out)
-        return out
+        found: list[SpeechEvent] = []
+        self._place(probabilities, found)
+        return found
 
     def _gap(self, end: int, position: int) -> None:
         """Feed a forward gap as silence, up to what ends an utterance; skip the rest."""
@@ -216,6 +236,7 @@ class TrackSpeech:
 
     def close(self) -> None:
         self.detector.close()
+        self.segmenter.close()
 
 
 class StreamSpeech:

@@ -149,6 +149,30 @@ def test_webrtc_push_sizes_do_not_matter(rate: int) -> None:
     assert 0 < sum(whole) < len(whole)
 
 
+@needs_webrtc
+@RATES
+def test_webrtc_frame_scores_agree_with_its_documented_api(rate: int) -> None:
+    """``score`` calls webrtcvad's C function under ``Vad.is_speech`` (``_webrtc_process``):
+    on real speech-like audio and noise, every frame's decision is ``is_speech``'s, frame by
+    frame from one state, as a fresh ``webrtcvad.Vad`` in the same mode decides it."""
+    import webrtcvad
+
+    pcm = np.concatenate([voice(rate, 3.0, seed=4), noise_only(rate, 1.0, seed=5)])
+    window = rate // 50
+    frames = [pcm[i : i + window] for i in range(0, len(pcm) - window + 1, window)]
+    reference = webrtcvad.Vad(3)
+    expected = [1.0 if reference.is_speech(f.tobytes(), rate) else 0.0 for f in frames]
+    detector = WebRtcDetector(3, rate)
+    scored = [detector.score(f) for f in frames]
+    assert scored == expected
+    assert 0 < sum(expected) < len(expected)  # both decisions occur
+    # not one whole frame, or something pending: no score, the caller pushes instead
+    assert detector.score(frames[0][:-1]) is None
+    assert detector.score(frames[0].astype(np.int32)) is None
+    detector.push(frames[0][:10])
+    assert detector.score(frames[1]) is None
+
+
 @needs_onnx
 @RATES
 @pytest.mark.parametrize("max_batch", [None, 3])
