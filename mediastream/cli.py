@@ -22,17 +22,21 @@ from mediastream.cli_http import (
     add_http_arguments,
     check_handler_playback,
     http_routes_from_args,
+    log_instance,
     playback_from_stream,
 )
 from mediastream.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    INSTANCE_ID_ENV,
     Config,
     HttpLimits,
     PlaybackConfig,
     ServerLimits,
     SpeechOptions,
     StreamOptions,
+    UploadOptions,
+    default_instance_id,
 )
 from mediastream.errors import MediaStreamError, UsageError, install_hint
 from mediastream.logs import LOG_FORMAT, configure_logging
@@ -119,15 +123,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--http-port is for --transport picows (websockets serves every route)")
     if args.http_port == 0 and args.workers > 1:
         raise UsageError("--http-port 0 with --workers: give a port number, the workers share it")
+    args.instance_id = instance_id_from_args(args)  # workers get it in their argv or env
     http = http_routes_from_args(args)  # a bad Telnyx flag fails here, before any worker
     handler = load_handler(args.handler) if args.handler else StreamHandler  # and before any
     if args.record_dir and not worker:  # the supervisor probes once for all its workers
         probe_record_dir(Path(args.record_dir))
+    if args.upload is not None:
+        check_upload(args)  # a bad URL, no --record-dir, no [s3] extra: one line, now
     if args.workers > 1 and not worker:
         return _serve_workers(args)
     # one setting: the flags that write /texml's bidirectional attributes drive the players too
     playback = playback_from_stream(http.stream)
     check_handler_playback(handler, playback)
+    log_instance(args.instance_id)
     config = config_from_args(args, playback)
     check_speech_detector(handler.speech or config.stream.speech)
     options = config.stream
@@ -208,8 +216,54 @@ def config_from_args(args: argparse.Namespace, playback: PlaybackConfig) -> Conf
         metrics=not args.no_metrics,
         allow_public_streams=args.allow_public_streams,
         http_port=args.http_port,
+        instance_id=args.instance_id or default_instance_id(),
+        upload=upload_from_args(args),
     )
     return config
+
+
+def upload_from_args(args: argparse.Namespace) -> UploadOptions | None:
+    """The ``--upload*`` flags as ``UploadOptions`` (None without ``--upload``)."""
+    if args.upload is None:
+        return None
+    return UploadOptions(
+        url=args.upload,
+        endpoint=args.upload_endpoint,
+        region=args.upload_region,
+        concurrency=args.upload_concurrency,
+        retry_max_seconds=args.upload_retry_max_seconds,
+        max_pending_bytes=args.upload_max_pending_bytes,
+        shutdown_seconds=args.upload_shutdown_seconds,
+    )
+
+
+def check_upload(args: argparse.Namespace) -> None:
+    """What ``--upload`` needs, checked at start-up: a folder to upload from, an
+    ``s3://bucket/prefix`` and the S3 client (the ``[s3]`` extra)."""
+    from mediastream.storage import parse_upload_url
+    from mediastream.storage.s3 import load_obstore
+
+    if not args.record_dir:
+        raise UsageError("--upload needs --record-dir (the folder whose finished recordings "
+                         "it uploads)")  # fmt: skip
+    parse_upload_url(args.upload)
+    load_obstore()
+
+
+def instance_id_from_args(args: argparse.Namespace) -> str:
+    """``--instance-id``, else the default (``$MEDIASTREAM_INSTANCE_ID``, else the host
+    name); one that cannot be a URL path element is a usage error."""
+    from mediastream.instance import is_instance_id
+
+    given = args.instance_id
+    value = given or default_instance_id()
+    if not is_instance_id(value):
+        source = "--instance-id" if given else f"${INSTANCE_ID_ENV}"
+        raise UsageError(
+            f"{source} {value!r}: an instance id is 1 to 63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it is a URL path element)"
+        )
+    return value
 
 
 def probe_record_dir(record_dir: Path) -> None:
@@ -359,6 +413,7 @@ async def _simulate(args: argparse.Namespace) -> int:
             far_end=far_end,
             dtmf=dtmf,
             linger=args.linger,
+            reconnect_after=args.reconnect_after,
         ),
     )
     failed = 0
@@ -366,6 +421,7 @@ async def _simulate(args: argparse.Namespace) -> int:
         plan = result.plan
         lost = sum(len(s) for s in plan.dropped.values())
         note = f", closed by server (code {result.close_code})" if result.closed_by_server else ""
+        note = f", reconnected {result.reconnects} time(s)" + note if result.reconnects else note
         failed += result.closed_by_server and result.close_code not in (None, 1000)
         print(
             f"{plan.stream_id}: {result.media_sent} media frames sent, "
@@ -467,6 +523,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from mediastream.inspect import run
 
     return run(args.files, as_json=args.json, png=args.png, spectrogram=args.spectrogram)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from mediastream.merge import run
+
+    return run(args.files, args.output)
 
 
 # ------------------------------------------------------------------ parser
@@ -752,6 +814,65 @@ def build_parser() -> Parser:
         "any that dies and drains them all on SIGTERM (default: %(default)s, one process and "
         "no supervisor)",
     )
+    p.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="this server's name in every URL it hands the carrier (/i/ID/stream, "
+        "/i/ID/callbacks/stream), so a load balancer routes reconnects and callbacks back to "
+        f"it; workers share it (default: ${INSTANCE_ID_ENV}, else the host name made URL-safe)",
+    )
+    upload = UploadOptions(url="")
+    p.add_argument(
+        "--upload",
+        metavar="s3://BUCKET/PREFIX",
+        help="upload every finished recording (and its sidecars) to this S3 bucket as "
+        "PREFIX/INSTANCE-ID/FILE, verified by size and MD5, then remove it locally; needs "
+        "--record-dir and the [s3] extra; credentials from $AWS_ACCESS_KEY_ID and "
+        "$AWS_SECRET_ACCESS_KEY (default: no upload)",
+    )
+    p.add_argument(
+        "--upload-endpoint",
+        metavar="URL",
+        help="the S3-compatible store's address, e.g. http://127.0.0.1:8333 (default: "
+        "$AWS_ENDPOINT_URL, else AWS)",
+    )
+    p.add_argument(
+        "--upload-region",
+        metavar="REGION",
+        help="the bucket's region (default: $AWS_REGION or $AWS_DEFAULT_REGION, else us-east-1)",
+    )
+    p.add_argument(
+        "--upload-concurrency",
+        type=int,
+        default=upload.concurrency,
+        metavar="N",
+        help="recordings uploaded at once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upload-retry-max-seconds",
+        type=float,
+        default=upload.retry_max_seconds,
+        metavar="SECONDS",
+        help=f"while the store fails, retries wait from {upload.retry_min_seconds:g} s, "
+        "doubling up to this; never giving up (default: %(default)s s)",
+    )
+    p.add_argument(
+        "--upload-max-pending-bytes",
+        type=int,
+        default=upload.max_pending_bytes,
+        metavar="BYTES",
+        help="disk the finished recordings waiting for upload may use; beyond, new streams "
+        "are refused with 1013 while running ones go on, 4 GiB by default "
+        "(default: %(default)s bytes)",
+    )
+    p.add_argument(
+        "--upload-shutdown-seconds",
+        type=float,
+        default=upload.shutdown_seconds,
+        metavar="SECONDS",
+        help="at shutdown, after the drain, time left for uploads; what is not uploaded by "
+        "then is uploaded by the next start (default: %(default)s s)",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     p.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     add_http_arguments(p)
@@ -773,6 +894,10 @@ def build_parser() -> Parser:
             "--ping-interval": NOT_NEGATIVE,
             "--drain-seconds": NOT_NEGATIVE,
             "--workers": AT_LEAST_ONE,
+            "--upload-concurrency": AT_LEAST_ONE,
+            "--upload-retry-max-seconds": POSITIVE,
+            "--upload-max-pending-bytes": AT_LEAST_ONE,
+            "--upload-shutdown-seconds": NOT_NEGATIVE,
         },
     )
 
@@ -878,6 +1003,15 @@ def build_parser() -> Parser:
         action="store_true",
         help="close the socket without a stop frame (default: send stop)",
     )
+    p.add_argument(
+        "--reconnect-after",
+        type=float,
+        metavar="SECONDS",
+        help="that far into each call's audio (by its timestamps, with or without "
+        "--realtime), drop the socket abruptly (no stop) and go on with the same stream id "
+        "on a new socket to the same URL, chunk and timestamp counters continued, as Telnyx "
+        "reconnects (default: no reconnect)",
+    )
     far = p.add_argument_group(
         "far end (bidirectional)",
         "what the simulated carrier does with audio the server sends back: plays it in real "
@@ -932,6 +1066,7 @@ def build_parser() -> Parser:
             "--drop-rate": Range(0, 1),
             "--playback-rate": AT_LEAST_ONE,
             "--linger": NOT_NEGATIVE,
+            "--reconnect-after": NOT_NEGATIVE,
         },
     )
 
@@ -1003,6 +1138,26 @@ def build_parser() -> Parser:
     )
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser(
+        "merge",
+        help="the pieces of a call recorded on several hosts, as one recording",
+        description="Group the recordings (files, or the WAVs of folders gathered from several "
+        "hosts) by stream id and write each call as one recording on its timeline, with a "
+        "manifest (OUT.manifest.json) of which file contributed which ranges. Samples are "
+        "copied as they are; where two pieces received the same range, the one that had the "
+        "call first wins (counted in the manifest).",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE_OR_DIR", help="recordings, or folders of them")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="the merged recording (OUT.wav), or for several calls a folder that gets "
+        "<base>.wav and <base>.manifest.json per call (required)",
+    )
+    p.set_defaults(func=cmd_merge)
+
     p = add_texml_command(sub)
     p.set_defaults(func=cmd_texml)
     for command in sub.choices.values():
@@ -1012,12 +1167,13 @@ def build_parser() -> Parser:
 
 def cmd_texml(args: argparse.Namespace) -> int:
     """``texml``: print the document; a bad value is a ``TexmlError``, printed by ``main``."""
-    from mediastream.telnyx.texml import stream_from_args, stream_texml
+    from mediastream.telnyx.texml import for_instance, stream_from_args, stream_texml
 
     if args.verb != "stop" and not args.stream_url:
         raise UsageError(f"texml --verb {args.verb}: --url is required (the ws:// or wss:// "
                          "address Telnyx streams the call to)")  # fmt: skip
-    print(stream_texml(stream_from_args(args), args.verb, pause=args.pause), end="")
+    stream = for_instance(stream_from_args(args), args.instance_id)
+    print(stream_texml(stream, args.verb, pause=args.pause), end="")
     return 0
 
 

@@ -139,6 +139,14 @@ def playback_mismatch(requested: PlaybackConfig, played: PlaybackConfig) -> str 
     return f"plays {sent}, but /texml asks Telnyx for {asked}: the caller will hear noise"
 
 
+def log_instance(instance_id: str) -> None:
+    """Say at start-up which instance this is: the name a load balancer routes by."""
+    logger.info(
+        "instance %s: the URLs handed to the carrier name it (/i/%s/stream, "
+        "/i/%s/callbacks/stream)", instance_id, instance_id, instance_id,
+    )  # fmt: skip
+
+
 def check_handler_playback(handler: type, playback: PlaybackConfig) -> None:
     """Log once, at start-up, what callers get, and whether a handler's own ``playback``
     (which wins over the server's) differs from what /texml asks Telnyx for."""

@@ -13,12 +13,31 @@ This module imports nothing of mediastream: every layer may read it.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+
+# An instance id is one URL path element and a DNS label at once (a StatefulSet pod name, a
+# HAProxy server name): letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit
+INSTANCE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+INSTANCE_ID_ENV = "MEDIASTREAM_INSTANCE_ID"
+
+
+def default_instance_id() -> str:
+    """``$MEDIASTREAM_INSTANCE_ID``, else the host name made URL-safe (lower case, other
+    characters as ``-``): stable across restarts, and a StatefulSet pod's own name
+    (``mediastream-0``), which is what a load balancer routes reconnects by."""
+    given = os.environ.get(INSTANCE_ID_ENV)
+    if given:
+        return given
+    name = re.sub(r"[^a-z0-9._-]+", "-", socket.gethostname().lower()).strip("-._")
+    return name[:63] or "mediastream"
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,10 @@ class StreamOptions:
     # the recording also holds what our players sent, placed by the playout clock, as its own
     # channel after the carrier's tracks (off: today's layout, the carrier's tracks only)
     record_playback: bool = False
+    # received ranges a recording's piece description (``<stem>.piece.json``) lists per track;
+    # beyond, a new range joins the last one (the gap between counts as received: it is
+    # silence), counted and logged once
+    piece_max_spans: int = 10_000
 
     def __post_init__(self) -> None:
         for name in ("record_dir", "capture_dir"):
@@ -168,6 +191,35 @@ class HttpLimits:
 
 
 @dataclass(frozen=True)
+class UploadOptions:
+    """Finalized recordings to an S3-compatible object store (``serve --upload``, run by
+    ``mediastream.storage``). Credentials are never kept here: the client reads the standard
+    AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``)."""
+
+    url: str  # s3://bucket/prefix: objects are <prefix>/<instance id>/<file name>
+    endpoint: str | None = None  # None: $AWS_ENDPOINT_URL, else AWS's own for the region
+    region: str | None = None  # None: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1
+    concurrency: int = 4  # files in flight at once
+    # while the store fails, the next attempt waits this long, doubling up to the maximum
+    retry_min_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    scan_seconds: float = 1.0  # how often the record folder is looked at for finished files
+    # a finalized WAV whose report sidecar is not there yet waits this long for it (with
+    # reports on, the sidecar follows within milliseconds); then it goes without
+    settle_seconds: float = 5.0
+    # files waiting for upload (finalized, not yet confirmed by the store) may use this much
+    # disk; beyond, new streams are refused with 1013 (live ones and reconnects go on)
+    max_pending_bytes: int = 4 << 30
+    # at shutdown, uploads under way and files finished by the shutdown get this long; the
+    # rest is uploaded by the next start
+    shutdown_seconds: float = 10.0
+    # a larger file goes up in multipart parts of this size (a single PUT is held in memory)
+    part_bytes: int = 8 << 20
+    request_seconds: float = 60.0  # one request (a PUT, a part, a HEAD) at most
+    connect_seconds: float = 5.0  # connecting to the store at most
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a server is told, in one tree."""
 
@@ -186,6 +238,13 @@ class Config:
     # ``GET /streams``, ``/calls`` and ``/reports/`` on a non-loopback address with no auth
     # token: refused (403) unless this is set (``serve --allow-public-streams``)
     allow_public_streams: bool = False
+    # this server's name in every URL it hands the carrier (``/i/<id>/stream``, ``/i/<id>/
+    # callbacks/stream``), so a load balancer sends reconnects and callbacks back to it;
+    # ``serve --workers N`` workers share their supervisor's (``MediaCore`` refuses an id that
+    # is not ``INSTANCE_ID_PATTERN``)
+    instance_id: str = field(default_factory=default_instance_id)
+    # finalized recordings go to object storage (``serve --upload``; needs ``stream.record_dir``)
+    upload: UploadOptions | None = None
 
     @classmethod
     def merged(

@@ -190,8 +190,11 @@ def _str_or_none(value: Any) -> str | None:
 # Defined beside the runtime code that raises them (which imports heavy modules): re-exported
 # here, and imported on first access (PEP 562)
 _LAZY: dict[str, str] = {
+    "JournalUnsupported": "mediastream.media.recording.journal",
     "LifecycleError": "mediastream.runtime.lifecycle",
     "StreamRefused": "mediastream.runtime.registry",
+    "UploadReadError": "mediastream.storage.uploader",
+    "UploadVerifyError": "mediastream.storage.uploader",
 }
 
 

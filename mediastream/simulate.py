@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import random
 import time
 import uuid
@@ -54,6 +55,9 @@ DEFAULT_SHUFFLE_WINDOW = 5
 # an outbound frame (what the caller heard) goes out this many frames after its time: it has
 # played by then, and a resampler has the little it holds back
 HEARD_DELAY_TICKS = 2
+# a dropped socket (``reconnect_after``) waits at most this long for the server to close its
+# side after the end of file, before it is cut
+DROP_SECONDS = 2.0
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -497,6 +501,8 @@ class CallResult:
     received: list[dict[str, object]] = field(default_factory=list)
     send_times: list[float] = field(default_factory=list)
     far_end: FarEnd | None = None
+    reconnects: int = 0  # sockets dropped on purpose and opened again (``reconnect_after``)
+    dropping: bool = field(default=False, repr=False)  # a drop of ours, not the server's close
 
 
 def plan_call(
@@ -546,6 +552,7 @@ async def send_call(
     linger: float = 0.0,
     far_end: FarEndConfig | None = None,
     dtmf: Sequence[tuple[float, str]] = (),
+    reconnect_after: float | None = None,
 ) -> CallResult:
     """Open a socket to ``url`` and send the plan's frames; collect what the server sends.
 
@@ -554,63 +561,115 @@ async def send_call(
     ``stop``) so playback can finish; ``dtmf`` sends digits at given seconds into the call.
     Playback in another mode than ``far_end`` expects ends the call (with ``stop``) and raises
     ``PlaybackMismatchError``, whose one-line message says what came and what was expected.
+
+    ``reconnect_after``: that many seconds into the call's audio (its frames' timestamps, so
+    the same point with or without ``realtime``), the socket is dropped as a network failure
+    drops it (no ``stop``, no close frame; everything sent has left first) and the call goes
+    on on a new socket to the same URL: ``connected`` and ``start`` with the same stream id,
+    then the media with its ``chunk``/``timestamp`` counters continued, as Telnyx reconnects.
     """
     result = CallResult(plan)
     logger = redacting_logger("mediastream.simulate.websocket")
     if far_end is not None:
         result.far_end = FarEnd(far_end, plan.stream_id)
-    async with connect(url, additional_headers=headers, compression=None, logger=logger) as ws:
-        reader = asyncio.create_task(_collect(ws, result))
-        marks = asyncio.create_task(_echo_marks(ws, result.far_end))
-        keys = asyncio.create_task(_send_dtmf(ws, dtmf))
-        try:
-            await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
-            await ws.send(json.dumps(plan.start_frame()))
-            result.frames_sent = 2
-            t0 = time.monotonic()
-            if result.far_end is not None:
-                result.far_end.call_start = t0  # media tick n is sent at t0 + n * 20 ms
-            media = plan.media_frames()
-            heard = _heard_outbound(plan, result.far_end, realtime)
-            held: deque[tuple[int, dict[str, object]]] = deque()  # outbound, until it played
-            schedule: list[tuple[int, dict[str, object] | None]] = list(media)
-            if heard is not None and media:  # the last outbound frames' turns
-                schedule += [(media[-1][0] + k, None) for k in range(1, HEARD_DELAY_TICKS + 1)]
-            for tick, frame in schedule:
-                if realtime:
-                    delay = t0 + tick * FRAME_MS / 1000 - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                sending = []
-                while heard is not None and held and held[0][0] + HEARD_DELAY_TICKS <= tick:
-                    sending.append(heard.frame(*held.popleft(), time.monotonic()))
-                if frame is not None and heard is not None and _track(frame) == "outbound":
-                    held.append((tick, frame))
-                elif frame is not None:
-                    sending.append(frame)
-                for each in sending:
-                    await ws.send(json.dumps(each))
-                    result.send_times.append(time.monotonic())
-                    result.frames_sent += 1
-                    result.media_sent += 1
-            if linger:
-                await asyncio.sleep(linger)
-            if plan.send_stop:
-                await ws.send(json.dumps(plan.stop_frame(len(media) + 2)))
-                result.frames_sent += 1
-        except ConnectionClosed as exc:
-            result.closed_by_server = True
-            result.close_code = exc.rcvd.code if exc.rcvd else None
-        finally:
-            keys.cancel()
-            await ws.close()
-            await reader
-            marks.cancel()
-            if result.far_end is not None:
-                result.far_end.advance(time.monotonic())
+    media = plan.media_frames()
+    heard = _heard_outbound(plan, result.far_end, realtime)
+    schedule: list[tuple[int, dict[str, object] | None]] = list(media)
+    if heard is not None and media:  # the last outbound frames' turns
+        schedule += [(media[-1][0] + k, None) for k in range(1, HEARD_DELAY_TICKS + 1)]
+    cut = _reconnect_index(schedule, reconnect_after)
+    legs = [schedule] if cut is None else [schedule[:cut], schedule[cut:]]
+    held: deque[tuple[int, dict[str, object]]] = deque()  # outbound, until it played
+    digits = sorted(dtmf)  # sent ones are taken off: a new socket sends the rest
+    t0: float | None = None
+    for number, leg in enumerate(legs):
+        last = number == len(legs) - 1
+        async with connect(url, additional_headers=headers, compression=None, logger=logger) as ws:
+            reader = asyncio.create_task(_collect(ws, result))
+            marks = asyncio.create_task(_echo_marks(ws, result.far_end))
+            keys = asyncio.create_task(_send_dtmf(ws, digits, t0 or time.monotonic()))
+            try:
+                await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+                await ws.send(json.dumps(plan.start_frame()))
+                result.frames_sent += 2
+                if t0 is None:
+                    t0 = time.monotonic()
+                    if result.far_end is not None:
+                        result.far_end.call_start = t0  # media tick n is sent at t0 + n * 20 ms
+                for tick, frame in leg:
+                    if realtime:
+                        delay = t0 + tick * FRAME_MS / 1000 - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    sending = []
+                    while heard is not None and held and held[0][0] + HEARD_DELAY_TICKS <= tick:
+                        sending.append(heard.frame(*held.popleft(), time.monotonic()))
+                    if frame is not None and heard is not None and _track(frame) == "outbound":
+                        held.append((tick, frame))
+                    elif frame is not None:
+                        sending.append(frame)
+                    for each in sending:
+                        await ws.send(json.dumps(each))
+                        result.send_times.append(time.monotonic())
+                        result.frames_sent += 1
+                        result.media_sent += 1
+                if not last:
+                    result.dropping = True
+                    await _drop(ws, reader)
+                else:
+                    if linger:
+                        await asyncio.sleep(linger)
+                    if plan.send_stop:
+                        await ws.send(json.dumps(plan.stop_frame(len(media) + 2)))
+                        result.frames_sent += 1
+            except ConnectionClosed as exc:
+                if not result.dropping:
+                    result.closed_by_server = True
+                    result.close_code = exc.rcvd.code if exc.rcvd else None
+            finally:
+                keys.cancel()
+                await ws.close()
+                await reader
+                marks.cancel()
+                if last and result.far_end is not None:
+                    result.far_end.advance(time.monotonic())
+        if result.closed_by_server:
+            break  # the server ended the call: nothing to reconnect
+        if not last:
+            result.dropping = False
+            result.reconnects += 1
     if result.far_end is not None and result.far_end.mismatch is not None:
         raise PlaybackMismatchError(result.far_end.mismatch)
     return result
+
+
+def _reconnect_index(
+    schedule: Sequence[tuple[int, dict[str, object] | None]], seconds: float | None
+) -> int | None:
+    """Where the second socket takes over: the first media frame at or after ``seconds``
+    of the call's audio; None if no media frame is left by then (no reconnect)."""
+    if seconds is None:
+        return None
+    tick = math.ceil(seconds * 1000 / FRAME_MS - 1e-9)
+    for index, (at, frame) in enumerate(schedule):
+        if at >= tick and frame is not None:
+            return index
+    return None
+
+
+async def _drop(ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+    """End the socket as a network failure would, without losing what was sent: no ``stop``,
+    no close frame. Everything written leaves first (a buffered frame would be lost, so a
+    test could not predict the recording); then an end of file (FIN), which a proxy passes
+    on, and once the server has closed its side, the socket is done."""
+    transport = ws.transport
+    transport.set_write_buffer_limits(high=0)  # the protocol pauses while anything is buffered
+    await ws.drain()  # ... so this returns once all of it is in the kernel
+    if transport.can_write_eof():
+        transport.write_eof()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), DROP_SECONDS)
+    transport.abort()
 
 
 def _track(frame: dict[str, object]) -> object:
@@ -719,8 +778,9 @@ async def _collect(ws: ClientConnection, result: CallResult) -> None:
             for reply in replies:
                 await ws.send(json.dumps(reply))
     except ConnectionClosed as exc:
-        result.closed_by_server = True
-        result.close_code = exc.rcvd.code if exc.rcvd else None
+        if not result.dropping:  # the end of a socket we dropped is no close by the server
+            result.closed_by_server = True
+            result.close_code = exc.rcvd.code if exc.rcvd else None
 
 
 async def _echo_marks(ws: ClientConnection, far: FarEnd | None) -> None:
@@ -739,12 +799,14 @@ async def _echo_marks(ws: ClientConnection, far: FarEnd | None) -> None:
                 await ws.send(json.dumps(reply))
 
 
-async def _send_dtmf(ws: ClientConnection, digits: Sequence[tuple[float, str]]) -> None:
-    t0 = time.monotonic()
+async def _send_dtmf(ws: ClientConnection, digits: list[tuple[float, str]], t0: float) -> None:
+    """Press ``digits`` (sorted; seconds after ``t0``), taking each off once it is sent."""
     with contextlib.suppress(ConnectionClosed):
-        for at, digit in sorted(digits):
+        while digits:
+            at, digit = digits[0]
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
             await ws.send(json.dumps({"event": "dtmf", "dtmf": {"digit": digit}}))
+            digits.pop(0)
 
 
 async def simulate(
@@ -757,6 +819,7 @@ async def simulate(
     far_end: FarEndConfig | None = None,
     dtmf: Sequence[tuple[float, str]] = (),
     linger: float = 0.0,
+    reconnect_after: float | None = None,
     **plan_options: object,
 ) -> list[CallResult]:
     """Run ``calls`` simulated calls at once (ids derived from ``stream_id`` when given)."""
@@ -772,7 +835,8 @@ async def simulate(
         if stagger:
             await asyncio.sleep(stagger * index)
         return await send_call(
-            url, plan, realtime=realtime, far_end=far_end, dtmf=dtmf, linger=linger
-        )
+            url, plan, realtime=realtime, far_end=far_end, dtmf=dtmf, linger=linger,
+            reconnect_after=reconnect_after,
+        )  # fmt: skip
 
     return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(plans))))

@@ -49,6 +49,7 @@ def test_every_flag_of_every_command_states_its_default_and_unit():
         "replay",
         "bench",
         "inspect",
+        "merge",
         "texml",
     }
     checked = 0

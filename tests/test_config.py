@@ -38,6 +38,7 @@ FLAGS = {
     "--body-timeout": ("http", "body_seconds", 2.0),
     "--auth-token": (None, "auth_token", "t0ken"),
     "--http-port": (None, "http_port", 9001),
+    "--instance-id": (None, "instance_id", "fleet-7"),
 }
 
 
@@ -85,6 +86,7 @@ def test_every_serve_setting_has_a_flag_or_a_reason() -> None:
         ("stream", "report_max_entries"),  # API only
         ("stream", "level_window_seconds"),  # API only
         ("stream", "digital_silence_peak"),  # API only
+        ("stream", "piece_max_spans"),  # API only: a memory bound, not a policy
         ("limits", "max_sockets"),  # from the file descriptor limit
         ("limits", "ping_interval"),  # --ping-interval
         ("limits", "ping_timeout"),  # --ping-interval
@@ -94,6 +96,7 @@ def test_every_serve_setting_has_a_flag_or_a_reason() -> None:
         ("http", "max_streams_page"),  # API only: the live page asks for less
         (None, "allow_public_streams"),  # --allow-public-streams (a switch: tested below)
         (None, "metrics"),  # --no-metrics
+        (None, "upload"),  # --upload and the --upload-* flags (tests/storage/test_upload_cli.py)
         ("limits", "inbox_high_water"),  # API only: a flow-control bound, not a policy
         ("limits", "read_buffer_bytes"),  # API only: picows' first allocation per socket
     }

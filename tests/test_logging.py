@@ -203,4 +203,5 @@ async def test_asgi_app_answers_healthz():
     async with httpx.AsyncClient(transport=transport, base_url="http://media") as client:
         response = await client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "streams": 0}
+    instance = media.config.instance_id
+    assert response.json() == {"status": "ok", "streams": 0, "instance": instance}

@@ -82,12 +82,15 @@ def test_serve_is_a_function_with_its_documented_signature():
     serve = mediastream.serve
     assert inspect.isfunction(serve)
     parameters = inspect.signature(serve).parameters
-    assert list(parameters) == ["handler", "host", "port", "record_dir", "options", "transport"]
+    assert list(parameters) == [
+        "handler", "host", "port", "record_dir", "options", "transport", "instance_id"
+    ]  # fmt: skip
     assert parameters["handler"].default is mediastream.StreamHandler
     assert (parameters["host"].default, parameters["port"].default) == ("127.0.0.1", 8765)
     keyword_only = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
-    assert keyword_only == ["record_dir", "options", "transport"]
+    assert keyword_only == ["record_dir", "options", "transport", "instance_id"]
     assert parameters["transport"].default == "websockets"
+    assert parameters["instance_id"].default is None  # $MEDIASTREAM_INSTANCE_ID, else the host
 
 
 def _modules_loaded_by(statement: str) -> list[str]:

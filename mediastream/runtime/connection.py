@@ -90,6 +90,9 @@ class StreamConnection:
         self._figures: StreamFigures | None = None  # its stream's, while it owns it
         self._capture = CaptureWriter(options.capture_dir) if options.capture_dir else None
         self._auth_token = auth_token  # redacted from captures
+        # the other instance this socket's URL names (``/i/<id>/``), set by the core: a
+        # misrouted socket, or one whose instance died; served here all the same
+        self.named_instance: str | None = None
         # plain counters per frame, published in batches (server/metrics.py)
         self.meter = registry.observer.socket_opened(self.session)
 
@@ -206,7 +209,10 @@ class StreamConnection:
             if isinstance(message, str):
                 for event in self.session.receive_text(message):
                     if isinstance(event, Audio):
-                        stream.recorder.append(self._placed(stream, event))
+                        placed = self._placed(stream, event)
+                        stream.recorder.append(placed)
+                        if placed.missing:
+                            stream.recorder.not_received(placed)
 
     async def finish(self) -> None:
         """The socket is gone: release held audio, then end or suspend the stream."""
@@ -263,6 +269,8 @@ class StreamConnection:
                 event = self._placed(stream, event)
                 if stream.recorder is not None:
                     stream.recorder.append(event)  # blocks go to disk every 0.5 s
+                    if event.missing:  # silence for a lost frame: not in the piece's ranges
+                        stream.recorder.not_received(event)
                 if stream.played is not None:  # where the timeline is: played audio goes there
                     stream.played.clock.frame(self, self.last_activity, event.position,
                                               event.sample_rate)  # fmt: skip
@@ -336,6 +344,10 @@ class StreamConnection:
             offset = self._offsets[track] = self._offset_for(stream, event)
             if stream.clock is None:
                 stream.clock = (self.last_activity, event.position + offset)
+                if stream.piece is not None:  # where its recording sits on the call
+                    stream.piece.placed(
+                        track, event.position, event.position + offset, len(event.pcm)
+                    )
         position = event.position + offset
         stream.extend(track, position + len(event.pcm))
         return event if offset == 0 else dataclasses.replace(event, position=position)
@@ -393,6 +405,11 @@ class StreamConnection:
             return False
         self.stream, self._resumed = stream, resumed
         self._figures = stream.figures
+        if self.named_instance is not None:
+            logger.info(
+                "stream %s: its URL names instance %s, not this one; served here",
+                stream.log_id, escape(self.named_instance),
+            )  # fmt: skip
         self.session.media_track = None  # frames held before start are not timed
         if self.life.state is SocketState.OPEN:
             self.life.stream()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hmac
 import json
@@ -22,9 +23,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mediastream.config import Config
+from mediastream.instance import is_instance_id, split_instance_path
 from mediastream.media.recording import recover_recordings
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
 from mediastream.runtime.call import Transport
@@ -34,6 +37,9 @@ from mediastream.runtime.lifecycle import CLOSE_GOING_AWAY, CLOSE_POLICY, Cause
 from mediastream.runtime.observer import NO_OBSERVER, Observer
 from mediastream.runtime.registry import StreamRegistry
 from mediastream.warmup import warm_up
+
+if TYPE_CHECKING:
+    from mediastream.storage.uploader import Uploader
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,8 @@ class HttpRequest:
     body: bytes = b""
     peer: str = "?"
     root_path: str = ""  # where an ASGI app is mounted: routes are below it
+    # the instance its URL named (``/i/<id>/...``, stripped from ``path`` by ``MediaCore.http``)
+    instance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,12 +111,18 @@ class MediaCore:
         observer: Observer = NO_OBSERVER,
         routes: Routes | None = None,
     ) -> None:
+        if not is_instance_id(config.instance_id):
+            raise ValueError(
+                f"instance id {config.instance_id!r} must be 1 to 63 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
         self.config = config
         self.limits = config.limits
         self.auth_token = config.auth_token or None
         self.observer = observer
         self.routes = routes
         self.registry = StreamRegistry(handler, config.stream, observer=observer)
+        self.registry.instance_id = config.instance_id  # named in piece descriptions
         self.registry.max_streams = self.limits.max_streams
         self.max_sockets = self.limits.max_sockets
         self.connections: set[StreamConnection] = set()
@@ -121,6 +135,7 @@ class MediaCore:
         self._started = False
         self._stopped = False
         self._start_lock = asyncio.Lock()
+        self.uploader: Uploader | None = None  # ``Config.upload``: made at start
 
     # ------------------------------------------------------------ lifecycle
 
@@ -135,6 +150,8 @@ class MediaCore:
                     directory.mkdir(parents=True, exist_ok=True)
             if options.record_dir is not None:
                 await asyncio.to_thread(recover_recordings, options.record_dir)
+                if self.config.upload is not None:
+                    await self._start_uploads(options.record_dir)
             self._bound_file_descriptors()
             costs = await asyncio.to_thread(warm_up)  # before listening: no call waits for it
             asked = (options.speech, getattr(self.registry.handler_factory, "speech", None))
@@ -150,10 +167,28 @@ class MediaCore:
                     sum(costs.values()), ", ".join(f"{k} {v:.2f} s" for k, v in costs.items()),
                 )  # fmt: skip
             _freeze_startup_objects()
+            logger.debug(
+                "instance %s: the URLs handed to the carrier name it (/i/%s/...)",
+                self.config.instance_id, self.config.instance_id,
+            )  # fmt: skip
             self.observer.watch(self.registry.calls)
             self.observer.start()
             self._sweeper = asyncio.create_task(self._sweep())
             self._started = True
+
+    async def _start_uploads(self, record_dir: Path) -> None:
+        """Finished recordings go to object storage; its backlog bound gates new streams."""
+        from mediastream.storage.uploader import Uploader  # the S3 client only when asked
+
+        assert self.config.upload is not None
+        self.uploader = Uploader(
+            self.config.upload,
+            record_dir,
+            instance_id=self.config.instance_id,
+            resume_grace_seconds=self.config.stream.resume_grace_seconds,
+        )
+        await self.uploader.start()
+        self.registry.admission = self.uploader.refusal
 
     def _bound_file_descriptors(self) -> None:
         """Fit the socket and stream limits in the file descriptor limit (raised to its hard
@@ -234,6 +269,8 @@ class MediaCore:
                 elif not close.cancelled():
                     close.exception()  # retrieved: a close that failed is a socket already gone
         await self.registry.close_all()
+        if self.uploader is not None:  # what the shutdown finalized goes up, bounded
+            await self.uploader.close()
         await self.observer.close()
         logger.debug("server stopped; %d socket(s) served", self.sockets_total)
 
@@ -277,11 +314,14 @@ class MediaCore:
         transport: Transport,
         *,
         unread: Callable[[], Iterable[str | bytes]] | None = None,
+        path: str = "",
     ) -> StreamConnection | Refusal:
         """Take a socket (call it from the task that will read it), or say why not.
 
         ``unread`` lists messages the adapter has read and not yet handed over: if shutdown
-        must abandon this socket, their audio still goes to the recording.
+        must abandon this socket, their audio still goes to the recording. ``path`` is the
+        upgrade's: a socket whose URL names another instance is served all the same (its
+        stream id is logged at ``start``).
         """
         refused = self.refusal(peer, headers)
         if refused is not None:
@@ -296,6 +336,9 @@ class MediaCore:
             self._tasks[connection] = task
         if unread is not None:
             self._unread[connection] = unread
+        named = split_instance_path(path.partition("?")[0])[0]
+        if named is not None and named != self.config.instance_id:
+            connection.named_instance = named
         if self.auth_token is not None and headers.get(AUTH_TOKEN_KEY) is None:
             self._awaiting_token[connection] = time.monotonic()
         return connection
@@ -392,7 +435,13 @@ class MediaCore:
     # ------------------------------------------------------------ HTTP
 
     async def http(self, request: HttpRequest) -> HttpResponse:
-        """Every plain HTTP route: ``/healthz`` here, the others from ``routes``, else 404."""
+        """Every plain HTTP route: ``/healthz`` here, the others from ``routes``, else 404.
+
+        Each route is also served under an instance prefix (``/i/<id>/texml``), this server's
+        or another's: a request a load balancer sent here for a dead instance is served."""
+        named, path = split_instance_path(request.path)
+        if named is not None:
+            request = dataclasses.replace(request, path=path, instance=named)
         if request.path == HEALTH_PATH and request.method in ("GET", "HEAD"):
             return self.health()
         if self.routes is not None:
@@ -404,9 +453,11 @@ class MediaCore:
     def health(self) -> HttpResponse:
         """For a load balancer: 200 "ok" while serving, 503 "draining" once draining."""
         status = "draining" if self.draining else "ok"
-        body = json.dumps({"status": status, "streams": len(self.connections)}) + "\n"
+        instance = self.config.instance_id  # which server answered, behind a load balancer
+        state = {"status": status, "streams": len(self.connections), "instance": instance}
         code = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
-        return HttpResponse(code, body.encode(), content_type="application/json")
+        body = (json.dumps(state) + "\n").encode()
+        return HttpResponse(code, body, content_type="application/json")
 
 
 def _same(given: str, expected: str) -> bool:

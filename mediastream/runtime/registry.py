@@ -36,6 +36,7 @@ from mediastream.runtime.lifecycle import (
     StreamState,
 )
 from mediastream.runtime.observer import NO_OBSERVER, Observer
+from mediastream.runtime.pieces import StreamPiece
 from mediastream.runtime.played import PlayedTrack
 from mediastream.runtime.report import StreamFigures, describe, encode, live_view, write_sidecar
 from mediastream.session import Error, Session, Started
@@ -122,6 +123,8 @@ class Stream:
     voice: StreamVoice | None = field(default=None, repr=False)  # None: no speech detection
     # what our players sent, into the recording (None: ``record_playback`` off)
     played: PlayedTrack | None = field(default=None, repr=False)
+    # where its recording sits on the call, for a merge (None: no recording)
+    piece: StreamPiece | None = field(default=None, repr=False)
     log_id: str = ""
 
     def __post_init__(self) -> None:
@@ -230,12 +233,17 @@ class StreamRegistry:
         self.options = options
         self.observer = observer
         self.max_streams = max_streams  # live and suspended streams
+        # why new streams cannot start now, (reason, metric label), or None: asked at each
+        # new stream's ``start`` (the upload backlog's bound, ``mediastream.storage``)
+        self.admission: Callable[[], tuple[str, str] | None] | None = None
         self.limits = HandlerLimits(options.handler_stop_seconds)
         self._streams: dict[str, Stream] = {}
         self._expiries: dict[Stream, asyncio.TimerHandle] = {}
         self._ending: set[asyncio.Future[None]] = set()  # streams whose grace period ran out
         self._recent: deque[dict[str, Any]] = deque(maxlen=options.recent_reports)
         self._speech_banks: SpeechBanks | None = None  # made when a stream first listens
+        # named in every recording's piece description (``Config.instance_id``, set by the core)
+        self.instance_id: str | None = None
 
     def listen_for_speech(self, stream: Stream, options: SpeechOptions) -> None:
         """Speech detection (and barge-in) on ``stream``, sharing the server's Silero banks."""
@@ -302,6 +310,9 @@ class StreamRegistry:
             if stream.recorder is None and self.options.record_dir is not None:
                 await self._record(stream, event)  # opening it failed before: try again
             return stream, True
+        refused = self.admission() if self.admission is not None else None
+        if refused is not None:
+            raise StreamRefused(CLOSE_TRY_AGAIN_LATER, *refused)
         if self.max_streams is not None and len(self._streams) >= self.max_streams:
             reason = f"stream limit reached ({self.max_streams} streams, live or suspended)"
             raise StreamRefused(CLOSE_TRY_AGAIN_LATER, reason, "stream_limit")
@@ -363,6 +374,10 @@ class StreamRegistry:
                 "a reconnect tries again)", stream.log_id, self.options.record_dir, exc,
             )  # fmt: skip
             return
+        stream.piece = StreamPiece(
+            stream.recorder, stream.stream_id, stream.call.call_control_id, self.instance_id,
+            self.options.piece_max_spans,
+        )  # fmt: skip
         # a file continued from a killed process: audio goes after what it holds
         frames = stream.recorder.frames_on_disk
         if frames and not stream.track_ends:
@@ -380,6 +395,9 @@ class StreamRegistry:
             flush_seconds=self.options.flush_seconds,
             max_backlog_seconds=self.options.max_backlog_seconds,
             playback=self.options.record_playback,
+            # positions are the stream's own timeline: a continued file's audio already
+            # counts in it (``_record`` sets ``track_ends``), so the recorder adds no offset
+            append=False,
         )
         if recorder.path is not None:  # else the recorder said why, and retries
             logger.debug("stream %s: recording to %s", escape(event.stream_id), recorder.path)
@@ -439,6 +457,14 @@ class StreamRegistry:
                 stream.recorder.close()
         except Exception:
             logger.exception("stream %s: finalizing %s failed", stream.log_id, stream.recorder.path)
+        if stream.piece is not None:
+            try:
+                await stream.piece.finish()
+            except Exception as exc:
+                logger.error(
+                    "stream %s: cannot write the piece description beside %s: %s",
+                    stream.log_id, stream.recorder and stream.recorder.path, exc,
+                )  # fmt: skip
         if stream.voice is not None:  # an utterance still open ends before on_stop
             await stream.voice.finish()
         report = await self._report(stream) if stream.figures is not None else None

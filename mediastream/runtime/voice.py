@@ -63,23 +63,38 @@ class SpeechBanks:
 class StreamVoice:
     """One stream's speech detection and barge-in policy."""
 
-    __slots__ = ("_found", "barge_in_ms", "options", "speech", "stream")
+    __slots__ = ("_found", "_tracks", "barge_in_ms", "options", "speech", "stream")
 
     def __init__(self, stream: Stream, options: SpeechOptions, banks: SpeechBanks) -> None:
         self.stream = stream
         self.options = options
         self.barge_in_ms = options.barge_in_ms
         self.speech = StreamSpeech(options, banks.maker(options))
+        self._tracks = self.speech.tracks  # the frame path goes to a known track directly
         self._found: list[SpeechStarted | SpeechEnded] = []  # for ``act``
 
     def heard(self, event: Audio) -> bool:
         """Feed one handled frame (plain calls: most frames end here); True when there is
-        something to act on (``act``): speech events, or a barge-in due."""
-        found = self.speech.feed(event)
+        something to act on (``act``): speech events, or a barge-in due.
+
+        A frame of a track already tracked at its rate goes straight to its ``TrackSpeech``
+        (what ``StreamSpeech.feed`` would do), and the barge-in test is inlined: each call
+        saved is a tenth of the speech path's own cost (callgrind)."""
+        track = event.track
+        speech = self._tracks.get(track)
+        if speech is not None and speech.sample_rate == event.sample_rate:
+            found = speech.feed(event.pcm, event.position)
+        else:
+            found = self.speech.feed(event)
         if found:
             self._found = found
             return True
-        return self._barge_in_due(event.track)
+        return (
+            self.barge_in_ms is not None
+            and track == "inbound"
+            and self.stream.call.has_player
+            and self.speech.speech_ms("inbound") >= self.barge_in_ms
+        )
 
     def _barge_in_due(self, track: str) -> bool:
         return (

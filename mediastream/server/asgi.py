@@ -31,6 +31,7 @@ from typing import Any
 
 from mediastream.config import Config, ServerLimits, StreamOptions
 from mediastream.errors import SocketClosed
+from mediastream.instance import INSTANCE_SEGMENT
 from mediastream.runtime.core import HEALTH_PATH, HttpRequest, HttpResponse, MediaCore, Refusal
 from mediastream.runtime.handler import HandlerFactory, StreamHandler
 from mediastream.runtime.lifecycle import CLOSE_TOO_BIG, Cause
@@ -134,19 +135,21 @@ class MediaApp:
             await self.shutdown()
 
     def mount(self, app: Any, path: str = STREAM_PATH) -> None:
-        """Add the media WebSocket at ``path`` and the HTTP routes to a Starlette/FastAPI app."""
+        """Add the media WebSocket at ``path`` and the HTTP routes to a Starlette/FastAPI app,
+        each also under ``/i/{instance}`` (the URLs handed to the carrier name the instance)."""
         router = getattr(app, "router", app)
-        router.add_websocket_route(path, self)
         self.http.stream_path = path
-        for route in (self.http.callback_path, self.http.texml_path):
-            if route:
-                router.add_route(route, self, methods=["GET", "POST"])
-        if self.metrics is not None and self.http.metrics_path:
-            router.add_route(self.http.metrics_path, self, methods=["GET"])
-        if self.http.live is not None:  # the live view: /streams, /calls, /reports/<file>
-            for route in (STREAMS_PATH, CALLS_PATH, REPORTS_PATH + "{name}"):
-                router.add_route(route, self, methods=["GET"])
-        router.add_route(HEALTH_PATH, self, methods=["GET"])
+        for prefix in ("", f"/{INSTANCE_SEGMENT}/{{instance}}"):
+            router.add_websocket_route(prefix + path, self)
+            for route in (self.http.callback_path, self.http.texml_path):
+                if route:
+                    router.add_route(prefix + route, self, methods=["GET", "POST"])
+            if self.metrics is not None and self.http.metrics_path:
+                router.add_route(prefix + self.http.metrics_path, self, methods=["GET"])
+            if self.http.live is not None:  # the live view: /streams, /calls, /reports/<file>
+                for route in (STREAMS_PATH, CALLS_PATH, REPORTS_PATH + "{name}"):
+                    router.add_route(prefix + route, self, methods=["GET"])
+            router.add_route(prefix + HEALTH_PATH, self, methods=["GET"])
 
     # ------------------------------------------------------------ ASGI
 
@@ -181,7 +184,7 @@ class MediaApp:
         if (await receive())["type"] != "websocket.connect":
             return
         transport = _AsgiTransport(send)
-        accepted = self.core.accept(_peer(scope), _headers(scope), transport)
+        accepted = self.core.accept(_peer(scope), _headers(scope), transport, path=_path(scope))
         if isinstance(accepted, Refusal):
             await send({"type": "websocket.close", "code": 1008, "reason": accepted.reason})
             return
@@ -242,20 +245,24 @@ async def serve_http(core: MediaCore, scope: Scope, receive: Receive, send: Send
             return
         if not message.get("more_body"):
             break
-    root_path = scope.get("root_path", "")
-    path = scope["path"]
-    if root_path and path.startswith(root_path):
-        path = path[len(root_path) :] or "/"
     request = HttpRequest(
         method=scope["method"],
-        path=path,
+        path=_path(scope),
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=_headers(scope),
         body=bytes(body),
         peer=_peer(scope),
-        root_path=root_path,
+        root_path=scope.get("root_path", ""),
     )
     await _respond(send, await core.http(request))
+
+
+def _path(scope: Scope) -> str:
+    """The path below where the app is mounted (``root_path``)."""
+    root_path, path = scope.get("root_path", ""), scope["path"]
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :] or "/"
+    return str(path)
 
 
 async def _respond(send: Send, response: HttpResponse) -> None:

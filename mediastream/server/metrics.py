@@ -69,6 +69,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from mediastream.media.recording import RecordingStats, process_stats
+from mediastream.storage.stats import FAILURE_KINDS, UploadStats
+from mediastream.storage.stats import upload_stats as _process_upload_stats
 
 if TYPE_CHECKING:
     from mediastream.session import Audio, Session
@@ -368,6 +370,25 @@ class _Metrics:
         # what each ServerMetrics last reported to the gauges, summed (several servers in one
         # process share one set of metrics in multiprocess mode)
         self.gauge_parts: dict[ServerMetrics, tuple[float, float, float]] = {}
+        # uploads to object storage (``serve --upload``): what waits, what went, what failed
+        self.upload_pending_files = gauge(
+            "upload_pending_files", "Finished recording files waiting for upload."
+        )
+        self.upload_pending_bytes = gauge(
+            "upload_pending_bytes", "Disk used by finished recording files waiting for upload."
+        )
+        self.uploaded_files = counter("uploaded_files", "Files uploaded, verified and removed.")
+        self.uploaded_bytes = counter("uploaded_bytes", "Bytes uploaded, verified and removed.")
+        self.upload_failures = counter(
+            "upload_failures",
+            "Failed upload attempts (each retried with backoff): the store's request, the "
+            "check of the stored object, reading the local file.",
+            ("kind",),
+        )
+        for kind in FAILURE_KINDS:  # present at 0 before the first failure
+            self.upload_failures.labels(kind)
+        # the (files, bytes, failures by kind) of each UploadStats pushed so far
+        self.upload_pushed: dict[UploadStats, tuple[int, int, dict[str, int]]] = {}
 
 
 _process_metrics: _Metrics | None = None
@@ -429,8 +450,10 @@ class ServerMetrics:
         registry: CollectorRegistry | None = None,
         interval: float = FLUSH_SECONDS,
         recording_stats: RecordingStats | None = None,
+        upload_stats: UploadStats | None = None,
     ) -> None:
         self.recording_stats = recording_stats if recording_stats is not None else process_stats
+        self.upload_stats = upload_stats if upload_stats is not None else _process_upload_stats
         self.interval = interval
         self.multiprocess_dir = multiprocess_dir()
         self.registry: CollectorRegistry | None
@@ -451,6 +474,10 @@ class ServerMetrics:
         # faults before this server existed are not its own (unless its metrics are shared)
         self._metrics.recording_pushed.setdefault(
             self.recording_stats, _recording_counts(self.recording_stats)
+        )
+        uploads = self.upload_stats
+        self._metrics.upload_pushed.setdefault(
+            uploads, (uploads.uploaded_files, uploads.uploaded_bytes, dict(uploads.failures))
         )
 
     # ------------------------------------------------------------ Observer
@@ -519,6 +546,7 @@ class ServerMetrics:
             m.refused.labels(reason).inc(count)
         self._refusals.clear()
         self._push_recording(m)
+        self._push_uploads(m)
 
     def _push_recording(self, m: _Metrics) -> None:
         """The growth of the recorders' fault counts, and the recorders never created."""
@@ -538,6 +566,19 @@ class ServerMetrics:
             m.recording_errors.labels("open").inc(self._recording_open_failures)
             self._recording_open_failures = 0
 
+    def _push_uploads(self, m: _Metrics) -> None:
+        """The growth of the uploaders' counts since the last push."""
+        stats = self.upload_stats
+        files, size, failures = m.upload_pushed.get(stats, (0, 0, {}))
+        if stats.uploaded_files > files:
+            m.uploaded_files.inc(stats.uploaded_files - files)
+        if stats.uploaded_bytes > size:
+            m.uploaded_bytes.inc(stats.uploaded_bytes - size)
+        for kind, count in stats.failures.items():
+            if count > failures.get(kind, 0):
+                m.upload_failures.labels(kind).inc(count - failures.get(kind, 0))
+        m.upload_pushed[stats] = (stats.uploaded_files, stats.uploaded_bytes, dict(stats.failures))
+
     def _update_gauges(self, *, closing: bool = False) -> None:
         m = self._metrics
         if closing:
@@ -552,6 +593,8 @@ class ServerMetrics:
         m.active_streams.set(sum(p[0] for p in parts))
         m.active_connections.set(sum(p[1] for p in parts))
         m.playback_queued.set(sum(p[2] for p in parts))
+        m.upload_pending_files.set(0 if closing else self.upload_stats.pending_files)
+        m.upload_pending_bytes.set(0 if closing else self.upload_stats.pending_bytes)
 
     # ------------------------------------------------------------ lifecycle
 

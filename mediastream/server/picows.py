@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport, WSUpgradeRequest
 
 from mediastream.errors import MediaStreamError, SocketClosed, install_hint
+from mediastream.instance import split_instance_path
 from mediastream.runtime.connection import StreamConnection
 from mediastream.runtime.core import HEALTH_PATH, HttpRequest, HttpResponse, Refusal
 from mediastream.runtime.lifecycle import CLOSE_INVALID_DATA, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER
@@ -69,8 +70,8 @@ class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 class _Socket(picows.WSListener):
     """One socket: picows' callbacks fill ``inbox``; its task reads it. Also its ``Transport``."""
 
-    def __init__(self, server: PicowsServer, headers: dict[str, str]) -> None:
-        self.server, self.headers = server, headers
+    def __init__(self, server: PicowsServer, headers: dict[str, str], path: str = "") -> None:
+        self.server, self.headers, self.path = server, headers, path
         self.ws: WSTransport | None = None
         self.inbox: deque[str | bytes | _Refused] = deque()
         self.task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak one
@@ -305,11 +306,12 @@ class PicowsServer(CoreServer):
         refusal = self.core.refusal("(handshake)", headers)  # picows does not say the peer
         if refusal is not None:
             return _answer(HttpResponse.text(refusal.status, refusal.reason + "\n"))
-        return _Socket(self, headers)
+        return _Socket(self, headers, request.path.decode("latin-1"))
 
     def _http(self, request: WSUpgradeRequest, headers: dict[str, str]) -> HttpResponse:
         path, _, query = request.path.decode("latin-1").partition("?")
-        if path not in (HEALTH_PATH, self.http.metrics_path, self.http.texml_path):
+        route = split_instance_path(path)[1]  # /i/<id>/texml is /texml (MediaCore.http)
+        if route not in (HEALTH_PATH, self.http.metrics_path, self.http.texml_path):
             where = f" (HTTP routes: port {self.http_port})" if self.http_port else ""
             return HttpResponse.text(HTTPStatus.NOT_FOUND, f"not found on this port{where}\n")
         http = HttpRequest(method="GET", path=path, query=query, headers=headers)
@@ -317,7 +319,9 @@ class PicowsServer(CoreServer):
 
     async def _serve(self, sock: _Socket) -> None:
         """The socket's task: take it in the core, read it to its end, finish it."""
-        accepted = self.core.accept(sock.peer, sock.headers, sock, unread=sock.unread)
+        accepted = self.core.accept(
+            sock.peer, sock.headers, sock, unread=sock.unread, path=sock.path
+        )
         if isinstance(accepted, Refusal):  # refused between the handshake and now
             await sock.close(CLOSE_TRY_AGAIN_LATER, accepted.reason)
             return

@@ -10,6 +10,12 @@ Routes (paths configurable):
 * ``GET /streams``, ``GET /calls``, ``GET /reports/<file>``: the live view (``live.py``), behind
   the streaming auth token when there is one.
 
+Every route is also served under an instance prefix, ``/i/<id>/texml`` (``mediastream/
+instance.py``), and the URLs the TeXML answer hands the carrier name this server's instance:
+``/i/<id>/stream``, ``/i/<id>/callbacks/stream``. A load balancer routes by that element, so a
+reconnect and a status callback come back here; one that names another instance (misrouted,
+or its instance died) is served here all the same, and logged.
+
 ``HttpRoutes.handle`` is framework-neutral (``HttpRequest`` in, ``HttpResponse`` out); every
 adapter reaches it through ``MediaCore.http``, which also answers ``/healthz``.
 
@@ -27,6 +33,8 @@ from urllib.parse import urlsplit
 
 from mediastream.config import Config
 from mediastream.errors import SignatureConfigError
+from mediastream.instance import instance_path, instance_url
+from mediastream.logs import escape
 from mediastream.runtime.core import HttpRequest, HttpResponse
 from mediastream.runtime.observer import Observer
 from mediastream.runtime.registry import Stream as LiveStream
@@ -105,6 +113,9 @@ class HttpRoutes:
         # a direct request's TeXML points the stream at the one and callbacks at the other
         self.ports: tuple[int, int] | None = None
         self.metrics: Metrics | None = None  # set by a server that exposes metrics
+        # named in the URLs the TeXML hands out (``attach`` sets it from the server's config;
+        # None: the URLs name no instance)
+        self.instance_id: str | None = None
         self.live = LiveView() if live_view else None  # /streams, /calls, /reports/
         self._registry: StreamRegistry | None = None
         self._warned_get = False
@@ -128,6 +139,8 @@ class HttpRoutes:
         """
         self.metrics = metrics
         self._registry = registry
+        if config is not None:
+            self.instance_id = config.instance_id
         if self.live is not None:
             self.live.attach(registry, config or Config(), bind_host)
         if self.verifier is None and self.callback_path and not self._warned_unsigned:
@@ -191,6 +204,11 @@ class HttpRoutes:
         except PayloadError as exc:
             logger.warning("status callback from %s unreadable: %s", request.peer, exc)
             return HttpResponse.text(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        if request.instance is not None and request.instance != self.instance_id:
+            logger.info(
+                "status %s for stream %s names instance %s, not this one; served here",
+                escape(event.event), escape(event.stream_sid or "?"), request.instance,
+            )  # fmt: skip
         await self.deliver(event)
         return HttpResponse.text(HTTPStatus.OK, "ok\n")
 
@@ -246,11 +264,15 @@ class HttpRoutes:
     def stream_for(self, request: HttpRequest) -> Stream:
         """The template, with the public addresses this request came through filled in.
 
-        The callback address follows the stream address: same host, https for wss.
+        The callback address follows the stream address: same host, https for wss. Both name
+        this instance (``/i/<id>/`` before the path), the template's ``url`` too; a template's
+        own ``statusCallback`` is left as it is (it may point anywhere).
         """
         values = self.stream.model_dump()
+        if values["url"] and self.instance_id is not None:
+            values["url"] = instance_url(values["url"], self.instance_id)
         if values["url"] and (values["status_callback"] or not self.callback_path):
-            return self.stream
+            return Stream(**values)
         # two ports, reached directly (a proxy routes by path on one public host instead)
         ports = None if values["url"] or "x-forwarded-host" in request.headers else self.ports
         if not values["url"]:
@@ -258,15 +280,19 @@ class HttpRoutes:
             if not host:
                 raise TexmlError("Stream", [("url", "no Host header: set a public URL")])
             host = _with_port(host, ports[0]) if ports else host
-            path = request.root_path + self.stream_path
+            path = request.root_path + self._named(self.stream_path)
             values["url"] = f"{'wss' if secure else 'ws'}://{host}{path}"
         if not values["status_callback"] and self.callback_path:
             parts = urlsplit(values["url"])
             scheme = "https" if parts.scheme.lower() == "wss" else "http"
             netloc = _with_port(parts.netloc, ports[1]) if ports else parts.netloc
-            path = request.root_path + self.callback_path
+            path = request.root_path + self._named(self.callback_path)
             values["status_callback"] = f"{scheme}://{netloc}{path}"
         return Stream(**values)
+
+    def _named(self, path: str) -> str:
+        """``path`` under this instance's prefix, when there is an instance id."""
+        return path if self.instance_id is None else instance_path(self.instance_id, path)
 
 
 def _with_port(host: str, port: int) -> str:

@@ -132,8 +132,9 @@ class MediaServer(CoreServer):
 
     async def _handle(self, ws: MediaConnection) -> None:
         headers = headers_of(ws.request) if ws.request is not None else {}
+        path = ws.request.path if ws.request is not None else ""
         accepted = self.core.accept(
-            peer(ws), headers, _SocketTransport(ws), unread=ws.unread_messages
+            peer(ws), headers, _SocketTransport(ws), unread=ws.unread_messages, path=path
         )
         if isinstance(accepted, Refusal):  # refused between the handshake and now
             await ws.close(CLOSE_TRY_AGAIN_LATER, accepted.reason)

@@ -15,6 +15,7 @@ from mediastream.telnyx.rest import (
     TelnyxRequestError,
     TexmlStream,
     TexmlStreamRequest,
+    streaming_start_url,
 )
 from mediastream.telnyx.texml import (
     Parameter,
@@ -57,4 +58,5 @@ __all__ = [
     "parse_status_callback",
     "render",
     "stream_texml",
+    "streaming_start_url",
 ]

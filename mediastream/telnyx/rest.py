@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from mediastream.config import default_instance_id
 from mediastream.errors import (
     MediaStreamError,
     TelnyxApiError,
@@ -164,6 +165,24 @@ class StreamingStartRequest(_Request):
 
     def body(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+
+def streaming_start_url(public_url: str, instance_id: str | None = None) -> str:
+    """The ``stream_url`` for ``streaming_start``: ``public_url`` (the load balancer's
+    ``wss://`` address of the media servers) naming the instance that is to take the call,
+    ``/i/<id>/`` before its path, so that its reconnects come back to it.
+
+    ``instance_id`` defaults to this process's (``$MEDIASTREAM_INSTANCE_ID``, else the host
+    name: what ``serve`` uses without ``--instance-id``), for a handler or webhook app that
+    runs beside the server that is to take the stream.
+    """
+    from mediastream.instance import instance_url, is_instance_id
+
+    check_websocket_url(public_url)
+    instance_id = default_instance_id() if instance_id is None else instance_id
+    if not is_instance_id(instance_id):
+        raise TelnyxRequestError(f"not an instance id: {instance_id!r}")
+    return instance_url(public_url, instance_id)
 
 
 class StreamingStopRequest(_Request):

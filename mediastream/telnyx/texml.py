@@ -348,10 +348,28 @@ def stream_from_args(args: argparse.Namespace) -> Stream:
     )
 
 
+def for_instance(stream: Stream, instance_id: str | None) -> Stream:
+    """``stream`` with its ``url`` and ``statusCallback`` under ``/i/<id>/`` (the instance a
+    load balancer routes them to, ``mediastream/instance.py``); None: as it is."""
+    if instance_id is None:
+        return stream
+    from mediastream.instance import instance_url, is_instance_id
+
+    if not is_instance_id(instance_id):
+        problem = "must be 1 to 63 letters, digits, '.', '_' or '-', the first a letter or digit"
+        raise TexmlError("Stream", [("instance id", problem)])
+    values = stream.model_dump()
+    for name in ("url", "status_callback"):
+        if values[name]:
+            values[name] = instance_url(values[name], instance_id)
+    return Stream(**values)
+
+
 def cmd_texml(args: argparse.Namespace) -> int:
     """Print the TeXML document for the flags; a bad value is a usage error (exit 2)."""
     try:
-        print(stream_texml(stream_from_args(args), args.verb, pause=args.pause), end="")
+        stream = for_instance(stream_from_args(args), getattr(args, "instance_id", None))
+        print(stream_texml(stream, args.verb, pause=args.pause), end="")
     except TexmlError as exc:
         print(f"mediastream texml: error: {exc}", file=sys.stderr)
         return 2
@@ -387,6 +405,12 @@ def add_texml_command(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="append <Pause length=SECONDS> after the verb, to keep a start call up (default: "
         "no pause)",
+    )
+    parser.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="put /i/ID before the path of --url and --status-callback: the server (serve "
+        "--instance-id ID) a load balancer routes them to (default: the URLs as given)",
     )
     parser.set_defaults(func=cmd_texml)
     return parser

@@ -102,8 +102,8 @@ async def test_grace_expiry_ends_the_stream_and_finalizes_its_file(record_dir: P
     await core.finish(connection)
     stream = core.registry.get("expires")
     assert stream is not None and stream.state is StreamState.SUSPENDED
-    for _ in range(100):
-        if stream.ended:
+    for _ in range(100):  # ended, then finalized (its files written in threads), then on_stop
+        if Log.made[0].events[-1] == "stop":
             break
         await asyncio.sleep(0.02)
     assert stream.state is StreamState.ENDED and "expires" not in core.registry

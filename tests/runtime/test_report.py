@@ -23,6 +23,7 @@ import pytest
 
 from mediastream.config import Config, PlaybackConfig, ServerLimits, StreamOptions
 from mediastream.logs import escape
+from mediastream.media.recording import recording_base
 from mediastream.runtime.core import MediaCore
 from mediastream.runtime.handler import AudioFrame, StreamHandler
 from mediastream.runtime.report import REPORT_VERSION, StreamFigures
@@ -199,7 +200,8 @@ async def test_a_damaged_two_track_call_gets_an_exact_report_in_its_sidecar(reco
     [recent] = core.registry.recent_reports()
     assert recent.pop("sidecar") == str(sidecar)
     assert recent == json.loads(sidecar.read_text())
-    assert sorted(p.name for p in record_dir.iterdir()) == ["damaged.json", "damaged.wav"]
+    names = sorted(p.name for p in record_dir.iterdir())
+    assert names == ["damaged.json", "damaged.piece.json", "damaged.wav"]
     await core.shutdown()
 
 
@@ -404,7 +406,9 @@ async def test_a_sidecar_that_cannot_be_written_is_logged_and_the_stream_ends_no
     assert Keeper.made[0].report_at_stop is not None  # the handler still got it
     [recent] = core.registry.recent_reports()
     assert recent["sidecar"] is None and recent["stream_id"] == stream_id
-    assert not list(record_dir.glob("*.json*"))  # no sidecar, no temporary left behind
+    # no sidecar, no temporary left behind (the piece description is a file of its own)
+    piece = f"{recording_base(stream_id)}.piece.json"
+    assert [p.name for p in record_dir.glob("*.json*")] == [piece]
     assert any("quality: jitter" in r.getMessage() for r in caplog.records)
     await core.shutdown()
 
@@ -426,7 +430,8 @@ async def test_reports_off_computes_nothing_but_the_live_view_still_lists_stream
     await core.finish(connection)
     assert Keeper.made[0].report_at_stop is None
     assert core.registry.recent_reports() == []
-    assert [p.name for p in record_dir.iterdir()] == ["plain.wav"]
+    # no report; the piece description is written all the same (media/recording/piece.py)
+    assert sorted(p.name for p in record_dir.iterdir()) == ["plain.piece.json", "plain.wav"]
     await core.shutdown()
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -142,7 +144,9 @@ async def test_healthz_answers_and_says_draining_during_a_drain(adapter: str, re
         draining = asyncio.create_task(server.drain())
         await asyncio.sleep(0.3)
         busy = await raw_request(server.port, "GET", "/healthz")
-        assert (busy.status, json.loads(busy.body)) == (503, {"status": "draining", "streams": 1})
+        assert (busy.status, json.loads(busy.body)) == (
+            503, {"status": "draining", "streams": 1, "instance": config.instance_id}
+        )  # fmt: skip
         with pytest.raises((InvalidStatus, ConnectionClosed, OSError)):
             async with connect(server.url) as late:  # new sockets are refused while draining
                 await late.send(start(plan_call(VOICE[:160], stream_id="late")))
@@ -154,3 +158,40 @@ async def test_healthz_answers_and_says_draining_during_a_drain(adapter: str, re
         await asyncio.wait_for(draining, 10)
     np.testing.assert_array_equal(recorded(record_dir, plan.stream_id), plan.expected_pcm())
     assert not (record_dir / "late.wav").exists()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_paths_naming_an_instance_are_served_whichever_it_names(
+    adapter: str, record_dir: Path, caplog: pytest.LogCaptureFixture
+):
+    """``/i/<id>/...`` (the URLs a server hands out) is served here, and so is a path naming
+    another instance (misrouted, or its instance died): logged with the stream id."""
+    caplog.set_level(logging.INFO, logger="mediastream.runtime.connection")
+    config = Config(stream=StreamOptions(record_dir), instance_id="here")
+    names = ("here", "elsewhere")
+    plans = [plan_call(VOICE, stream_id=f"{adapter}-{name}") for name in names]
+    async with running(adapter, config) as server:
+        base = f"ws://127.0.0.1:{server.port}"
+        for plan, name in zip(plans, names, strict=True):
+            assert (await send_call(f"{base}/i/{name}/stream", plan)).media_sent == 100
+        for name in names:
+            health = await raw_request(server.port, "GET", f"/i/{name}/healthz")
+            assert (health.status, json.loads(health.body)["instance"]) == (200, "here")
+        texml = await raw_request(server.port, "GET", "/i/elsewhere/texml")
+        node = ET.fromstring(texml.body).find("Connect/Stream")
+        assert node is not None and node.get("url") == f"{base}/i/here/stream"
+        if adapter != "picows":  # picows: POST routes are on --http-port only
+            body = b"StreamEvent=stream-started&StreamSid=nobody"
+            form = {"Content-Type": "application/x-www-form-urlencoded"}
+            posted = await raw_request(
+                server.port, "POST", "/i/elsewhere/callbacks/stream", headers=form, body=body
+            )
+            assert (posted.status, posted.body) == (200, b"ok\n")
+    for plan in plans:
+        np.testing.assert_array_equal(
+            recorded(record_dir, plan.stream_id), independent_decode(plan)
+        )
+    misrouted = [r.getMessage() for r in caplog.records if "names instance" in r.getMessage()]
+    assert misrouted == [
+        f"stream {adapter}-elsewhere: its URL names instance elsewhere, not this one; served here"
+    ]

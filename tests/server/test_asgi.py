@@ -20,12 +20,16 @@ from starlette.routing import Mount, Route
 from websockets.asyncio.client import connect
 
 from mediastream import StreamHandler
+from mediastream.config import default_instance_id
+from mediastream.instance import instance_prefix
 from mediastream.server.asgi import MediaApp
 from mediastream.server.routes import HttpRoutes
 from mediastream.simulate import plan_call, send_call
 from mediastream.telnyx.webhooks import StreamStatusEvent
 from tests.server.test_websocket import OTHER_VOICE, VOICE, independent_decode, read_wav
 from tests.telnyx.helpers import FORM, Signer, raw_request
+
+HERE = instance_prefix(default_instance_id())  # the URLs a server hands out name it
 
 
 @asynccontextmanager
@@ -172,8 +176,8 @@ async def test_texml_and_media_under_a_mount_prefix(record_dir: Path):
         node = ET.fromstring(response.body).find("Connect/Stream")
         assert node is not None
         assert node.attrib == {
-            "url": f"ws://127.0.0.1:{port}/telnyx/stream",
-            "statusCallback": f"http://127.0.0.1:{port}/telnyx/callbacks/stream",
+            "url": f"ws://127.0.0.1:{port}/telnyx{HERE}/stream",
+            "statusCallback": f"http://127.0.0.1:{port}/telnyx{HERE}/callbacks/stream",
         }
         plan = plan_call(VOICE, codec="PCMA", stream_id="asgi-mounted")
         result = await send_call(node.attrib["url"], plan)

@@ -22,12 +22,16 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from mediastream import MediaServer, StreamHandler, StreamOptions
 from mediastream.cli_http import add_http_arguments, http_routes_from_args
+from mediastream.config import default_instance_id
+from mediastream.instance import instance_prefix
 from mediastream.server.routes import HttpRoutes
 from mediastream.simulate import plan_call, send_call
 from mediastream.telnyx.texml import Stream
 from mediastream.telnyx.webhooks import StreamStatusEvent
 from tests.server.test_websocket import VOICE, independent_decode, read_wav
 from tests.telnyx.helpers import FORM, RawResponse, Signer, raw_request
+
+HERE = instance_prefix(default_instance_id())  # the URLs a server hands out name it
 
 
 class StatusLog(StreamHandler):
@@ -345,8 +349,8 @@ async def test_texml_points_the_call_at_this_server(harness: Harness):
     assert response.headers["content-type"] == "text/xml; charset=utf-8"
     node = texml_stream(response.body)
     assert node.attrib == {
-        "url": f"ws://127.0.0.1:{harness.port}/stream",
-        "statusCallback": f"http://127.0.0.1:{harness.port}/callbacks/stream",
+        "url": f"ws://127.0.0.1:{harness.port}{HERE}/stream",
+        "statusCallback": f"http://127.0.0.1:{harness.port}{HERE}/callbacks/stream",
     }
 
 
@@ -365,8 +369,8 @@ async def test_texml_behind_a_tls_proxy_uses_wss_and_the_public_host(harness: Ha
     )
     assert response.status == 200
     node = texml_stream(response.body)
-    assert node.get("url") == "wss://calls.example.com/stream"
-    assert node.get("statusCallback") == "https://calls.example.com/callbacks/stream"
+    assert node.get("url") == f"wss://calls.example.com{HERE}/stream"
+    assert node.get("statusCallback") == f"https://calls.example.com{HERE}/callbacks/stream"
 
 
 async def test_texml_uses_the_configured_stream_options(record_dir: Path):
@@ -381,11 +385,11 @@ async def test_texml_uses_the_configured_stream_options(record_dir: Path):
         response = await raw_request(harness.port, "GET", "/texml")
     node = texml_stream(response.body)
     assert node.attrib == {
-        "url": "wss://media.example.com/stream?tenant=a&b=1",
+        "url": f"wss://media.example.com{HERE}/stream?tenant=a&b=1",
         "track": "both_tracks",
         "bidirectionalMode": "rtp",
         "bidirectionalCodec": "PCMA",
-        "statusCallback": "https://media.example.com/callbacks/stream",
+        "statusCallback": f"https://media.example.com{HERE}/callbacks/stream",
     }
     assert node.find("Parameter").attrib == {"name": "tenant", "value": "a&b"}  # type: ignore[union-attr]
 

@@ -156,9 +156,10 @@ async def test_get_routes_on_the_media_port_and_post_routes_on_the_http_port(rec
         assert refused.status == 400  # picows refuses bodies
         posted = await raw_request(server.http_port, "POST", "/texml", body=b"x=1")
         assert posted.status == 200
+        here = f"/i/{server.config.instance_id}"  # the URLs name this instance
         urls = (
-            f'url="ws://127.0.0.1:{server.port}/stream" '
-            f'statusCallback="http://127.0.0.1:{server.http_port}/callbacks/stream"'
+            f'url="ws://127.0.0.1:{server.port}{here}/stream" '
+            f'statusCallback="http://127.0.0.1:{server.http_port}{here}/callbacks/stream"'
         ).encode()
         assert urls in texml.body and urls in posted.body  # each URL on its own port
         callback = await raw_request(server.http_port, "POST", "/callbacks/stream", body=b"{}")

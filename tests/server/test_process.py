@@ -113,7 +113,8 @@ async def test_sigterm_drains_twenty_live_calls(tmp_path: Path):
     voice = synthesize_speechlike(3.0, 8000)
     plans = [plan_call(voice, codec="PCMU", stream_id=f"drain-{i}", seed=i) for i in range(20)]
     try:
-        assert await healthz(port) == (200, {"status": "ok", "streams": 0})
+        status, body = await healthz(port)
+        assert (status, body["status"], body["streams"]) == (200, "ok", 0)
         calls = [
             asyncio.create_task(send_call(f"ws://127.0.0.1:{port}/", p, realtime=True))
             for p in plans

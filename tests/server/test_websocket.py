@@ -147,7 +147,8 @@ async def test_hostile_stream_ids_record_inside_the_dir(
     await server.stop()
     created = set(record_dir.parent.parent.rglob("*")) - before
     sidecar = (record_dir / file_name).with_suffix(".json")  # the stream's quality report
-    assert created == {record_dir / file_name, sidecar}
+    piece = (record_dir / file_name).with_suffix(".piece.json")  # what a merge needs
+    assert created == {record_dir / file_name, sidecar, piece}
     np.testing.assert_array_equal(read_wav(record_dir, file_name[:-4])[0], independent_decode(plan))
 
 
@@ -249,7 +250,8 @@ async def test_healthz_on_the_same_port(server: MediaServer):
     writer.close()
     head, _, body = response.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200")
-    assert json.loads(body) == {"status": "ok", "streams": 0}
+    instance = server.config.instance_id
+    assert json.loads(body) == {"status": "ok", "streams": 0, "instance": instance}
 
 
 async def test_many_concurrent_calls_all_exact(server: MediaServer, record_dir: Path):

@@ -1,9 +1,11 @@
 """WAV recording that places audio by its position and keeps it through disk faults and kills.
 
-Three concerns, one module each, each importing only the one before it:
+One concern per module, each importing only the ones before it:
 
 - ``wavfile``: the file itself, a 16-bit PCM WAV written at frame offsets with its header
   current after every write, short writes finished, its lock, and header repair after a kill;
+- ``journal``: the recorder's unwritten audio in a shared file mapping beside the WAV, so a
+  killed process loses none of it, and putting it in place after the kill;
 - ``naming``: which file a stream's session writes (names never shared by two ids, never
   outside the directory), continuing what a killed process left, and recovery at start-up;
 - ``recorder``: ``WavRecorder``, the per-stream buffer that writes blocks from the event loop

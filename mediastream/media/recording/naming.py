@@ -19,6 +19,8 @@ from pathlib import Path
 
 from mediastream.errors import RecordingError, RecordingFinalized, RecordingLocked
 from mediastream.logs import escape
+from mediastream.media.recording.journal import recover_journal, remove_orphans
+from mediastream.media.recording.piece import recover_piece, wav_layout
 from mediastream.media.recording.wavfile import WRITE_BITS, WavFile, is_finalized, recover_wav
 
 logger = logging.getLogger(__name__)
@@ -130,19 +132,24 @@ def recover_recordings(record_dir: str | os.PathLike[str]) -> list[Path]:
 
     Finished recordings (read-only) are complete and skipped; so are files other live
     processes are writing (other workers on the same directory). Repaired files stay
-    writable: a dead process's session may still be continued within its grace period.
+    writable: a dead process's session may still be continued within its grace period. The
+    audio a killed writer still held in its journal (``journal.py``) is placed first. The
+    piece description of each (``piece.py``) is completed from what the file holds.
     """
     fixed = []
     for path in sorted(Path(record_dir).glob("*.wav")):
         try:
             if is_finalized(path):
                 continue
-            if recover_wav(path):
+            repaired = recover_wav(path)
+            if recover_journal(path) or repaired:  # the audio a killed writer still held
                 fixed.append(path)
+            recover_piece(path, *wav_layout(path))  # complete its piece description
         except RecordingLocked:
             logger.debug("recording %s is being written by another process: left alone", path)
         except (OSError, RecordingError) as exc:
             logger.warning("cannot recover recording %s: %s", path, exc)
+    remove_orphans(record_dir)
     if fixed:
         logger.info("recovered %d recording(s) in %s", len(fixed), record_dir)
     return fixed

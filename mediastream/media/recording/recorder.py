@@ -9,6 +9,16 @@ behind at 350 recording streams on one core, where writing from the loop costs n
 measurable against no recording at all. So the recorder has one way in, ``append(frame)``,
 and one way out, ``close()``, both plain calls: nothing in them ever waits.
 
+A kill of the process (SIGKILL, the OOM killer) loses none of the audio ``append`` took: the
+buffers a block gathers in are the file's journal, a shared mapping (``journal.py``), so the
+page cache keeps them when the process dies, and the next process to take the file puts them
+in place (``recover_recordings`` at start-up, or a session continuing the file). A frame
+costs the same copy as before plus one 8-byte store (``benchmarks/recorder_frame.py``). A
+run that cannot go on (a gap in positions, a late frame) is written at once, so while writing
+works no audio waits in process memory; only a failing disk's backlog does (bounded, below),
+and a kill loses that, as it could not be written anyway. ``journal=False`` keeps the
+buffers in process memory: a kill then loses up to a block.
+
 Faults (a full disk, a read-only or missing directory, no file descriptors) never raise from
 ``append`` and never cost more than one float comparison per frame: a failed write or open
 keeps the audio, at most ``max_backlog_seconds`` per track, and is retried on a timer with
@@ -44,7 +54,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -53,7 +63,15 @@ import numpy as np
 
 from mediastream.errors import RecordingError
 from mediastream.logs import escape
+from mediastream.media.recording.journal import (
+    TRACK_CODES,
+    Journal,
+    JournalUnsupported,
+    let_go,
+    replay_journal,
+)
 from mediastream.media.recording.naming import claim_session_file
+from mediastream.media.recording.piece import Coverage
 from mediastream.media.recording.wavfile import WavFile
 
 logger = logging.getLogger(__name__)
@@ -112,12 +130,18 @@ class _Run:
     """In-order audio of one track gathered in a reused buffer: a frame that continues the
     run costs one copy and leaves no object behind (nothing for the collector to promote),
     and the block is written from the buffer as it is. ``limit`` (at most the capacity) is
-    the room the backlog bound leaves, so the per-frame path needs no check of its own."""
+    the room the backlog bound leaves, so the per-frame path needs no check of its own.
 
-    __slots__ = ("buffer", "fill", "limit", "start", "track")
+    Bound to a journal slot (``bind``), the buffer is the journal's mapping and ``mark`` its
+    fields (track code, first frame, samples held), kept current with each frame, so the
+    audio outlives a kill. ``mark`` is cleared only once the audio is in the WAV
+    (``settle``), or when a new run reuses the buffer."""
+
+    __slots__ = ("buffer", "fill", "limit", "mark", "start", "track")
 
     def __init__(self, capacity: int) -> None:
         self.buffer = np.empty(capacity, dtype=np.int16)
+        self.mark: MutableSequence[int] = [0, 0, 0]
         self.track = ""
         self.start = 0
         self.fill = 0
@@ -128,13 +152,31 @@ class _Run:
         n, fill = len(pcm), self.fill
         if fill + n > self.limit:
             return False
-        if fill == 0:
+        mark = self.mark
+        if fill == 0:  # the slot's old audio is forgotten before its place is reused
+            mark[2] = 0
+            mark[0], mark[1] = TRACK_CODES.get(track, 0), start
             self.track, self.start = track, start
         elif track != self.track or start != self.start + fill:
             return False
         self.buffer[fill : fill + n] = pcm
-        self.fill = fill + n
+        self.fill = fill = fill + n
+        mark[2] = fill  # after the samples: a kill in between leaves the frame out, not junk
         return True
+
+    def settle(self) -> None:
+        """What the run held is in the WAV: its journal slot no longer holds audio."""
+        if not self.fill:
+            self.mark[2] = 0
+
+    def bind(self, buffer: np.ndarray, mark: MutableSequence[int]) -> None:
+        """Gather into ``buffer`` (as large as ours) from now on, what it holds copied."""
+        fill = self.fill
+        buffer[:fill] = self.buffer[:fill]
+        mark[2] = 0
+        mark[0], mark[1] = TRACK_CODES.get(self.track, 0), self.start
+        mark[2] = fill
+        self.buffer, self.mark = buffer, mark
 
     def take(self) -> _Piece | None:
         """The run as a piece of its own (a copy), leaving the run empty."""
@@ -145,6 +187,9 @@ class _Run:
         return piece
 
 
+# directories whose recordings have no journal (a copy-on-write filesystem), logged once
+_unjournaled: set[Path] = set()
+_NO_BUFFER = np.empty(0, dtype=np.int16)  # a closed recorder's runs
 _NEVER = float("-inf")  # ``_retry_at`` while writing works: every flush may go ahead
 
 
@@ -196,11 +241,14 @@ class WavRecorder:
         retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS,
         stats: RecordingStats | None = None,
         playback: bool = False,
+        journal: bool = True,
     ) -> None:
         """Record to ``path``: a file name (opened here), a ``WavFile`` already open, or a
         ``PendingFile`` (no file yet: buffer and retry creating it, see ``open_recording``).
         ``playback``: the file has a ``playback`` channel after the carrier's tracks, from its
-        first frame (see the module docstring)."""
+        first frame (see the module docstring). ``journal``: gather audio in the file's
+        journal (``journal.py``), so a kill of the process loses none of it; without it, in
+        process memory (a kill loses up to a block)."""
         self.path = None
         self.sample_rate = sample_rate
         self.stream_id = stream_id
@@ -214,6 +262,8 @@ class WavRecorder:
         self._append = append
         self._finalize = finalize
         self._file: WavFile | None = None
+        self._use_journal = journal
+        self._journal: Journal | None = None  # the runs' buffers, once the file is open
         self._pending_file: PendingFile | None = None  # how to create a file not yet opened
         self._offset = 0
         self._flush_frames = max(1, int(flush_seconds * sample_rate))
@@ -234,6 +284,9 @@ class WavRecorder:
         self._pending_hi = 0
         self._written_hi = 0  # one past the highest sample written
         self._closed = False
+        # the file ranges each track truly received (not silence for lost frames): what the
+        # recording's piece description (``piece.py``) lists
+        self.coverage = Coverage()
         self._retry_min = retry_min_seconds
         self._retry_max = retry_max_seconds
         self._delay = retry_min_seconds
@@ -255,6 +308,8 @@ class WavRecorder:
 
     def _attach(self, file: WavFile) -> None:
         self._file, self.path = file, file.path
+        if self._use_journal and not file.created:
+            self._replay(file)  # a killed writer's audio first: what the file holds counts it
         if self._append:
             self._offset = file.frames  # positions count from the end of what the file holds
         if file.channels == 3 and not self._playback:  # written with playback: keep it so
@@ -269,8 +324,61 @@ class WavRecorder:
                 if track not in self._tracks:
                     self._tracks.append(track)
             self._file_layout = self._layout()
+        if self._use_journal:
+            self._open_journal(file)
         self._written_hi = max(self._written_hi, file.frames)
         self._update_room()
+
+    def _replay(self, file: WavFile) -> None:
+        """Place what a killed writer left in the file's journal (see ``journal.py``)."""
+        try:
+            replay_journal(file)
+        except (OSError, RecordingError) as exc:
+            logger.error(
+                "stream %s: cannot place the journal of %s (%s): the audio a killed process "
+                "held in it is lost",
+                self._log_id, file.path, _describe(exc),
+            )  # fmt: skip
+
+    def _open_journal(self, file: WavFile) -> None:
+        """Gather the runs in a journal of the file's. Without one, they stay in memory."""
+        try:
+            journal = Journal(file, len(self._run.buffer))
+        except OSError as exc:
+            if isinstance(exc, JournalUnsupported):  # by design: said once per directory
+                if file.path.parent not in _unjournaled:
+                    _unjournaled.add(file.path.parent)
+                    logger.info(
+                        "recordings in %s gather audio in memory, not a journal: %s",
+                        file.path.parent, exc.strerror,
+                    )  # fmt: skip
+            else:
+                logger.warning(
+                    "stream %s: no journal for recording %s (%s): a kill of the process may "
+                    "lose up to %.1f s of its audio",
+                    self._log_id, file.path, _describe(exc),
+                    len(self._run.buffer) / self.sample_rate,
+                )  # fmt: skip
+            return
+        self._journal = journal
+        for index, run in enumerate(self._runs.values()):
+            run.bind(*journal.slot(index))
+        self._note_layout()
+
+    def _disk_layout(self) -> tuple[str, ...]:
+        """The channels the file holds now, by track (see ``_write_pieces``)."""
+        file = self._file
+        assert file is not None
+        if self._file_layout is not None:
+            return self._file_layout
+        if file.channels == 1:
+            return (next((t for t in self._tracks if t in TRACKS), "inbound"),)
+        return self._layout()[: file.channels]  # nothing in it yet: any placement will do
+
+    def _note_layout(self) -> None:
+        """Tell the journal how tracks map to channels (they change once or twice a call)."""
+        if self._journal is not None:
+            self._journal.set_layout(self._layout(), self._disk_layout())
 
     def _layout(self) -> tuple[str, ...]:
         """The file's channels by track: the carrier's tracks seen (one: itself; both:
@@ -298,6 +406,18 @@ class WavRecorder:
         for piece in self._pending:
             queued[piece.track] += len(piece.pcm)
         self._update_room()
+
+    def not_received(self, frame: PositionedAudio) -> None:
+        """``frame`` (appended already) is silence for a lost frame, not audio that came: the
+        piece description leaves it out of the received ranges. Rare: the runtime calls it
+        for those frames only, so the usual frame costs nothing here."""
+        start = self._offset + frame.position
+        self.coverage.hole(frame.track, start, start + len(frame.pcm))
+
+    @property
+    def layout(self) -> tuple[str, ...]:
+        """The file's channels by track (``("inbound",)``, ``("inbound", "outbound")`` ...)."""
+        return self._layout() or ("inbound",)
 
     @property
     def channels(self) -> int:
@@ -363,6 +483,7 @@ class WavRecorder:
         if track not in self._tracks:
             self._tracks.append(track)
             self._update_room()
+            self._note_layout()
         pcm = frame.pcm
         n = len(pcm)
         run = self._runs[track]
@@ -371,12 +492,16 @@ class WavRecorder:
             return
         start = self._offset + frame.position
         if not run.extend(track, start, pcm):
+            if self._journal is not None and self.error is None and run.fill:
+                self.flush()  # into the WAV before a new run reuses the run's journal slot
             self._end_run(run)
             if not run.extend(track, start, pcm):
                 self._pending.append(_Piece(track, start, pcm))
                 self._queued[track] += n
                 self._update_room()
         self._pending_hi = max(self._pending_hi, start + n)
+        if getattr(frame, "late", False):  # back in the slot a lost frame's silence held
+            self.coverage.fill(track, start, start + n)
         if self.error is not None and self._timer is None:
             # failed where no loop runs (open_recording's thread): retry from this loop
             self._schedule(max(0.0, self._retry_at - _monotonic()))
@@ -458,11 +583,15 @@ class WavRecorder:
                     self._end_run()
                     self._drop_written(file.written_to)
                 raise
+            self.coverage.add(run.track, run.start, run.start + run.fill)
             run.fill = 0
+            run.mark[2] = 0  # in the WAV: the journal slot holds nothing now
             self._written_hi = max(self._written_hi, self._pending_hi)
         else:
             self._end_run()
             self._write_pieces()
+            for each in self._runs.values():
+                each.settle()
 
     def _write_pieces(self) -> None:
         """Merge the pieces over what the file holds and write the first ``_write_frames``."""
@@ -479,7 +608,9 @@ class WavRecorder:
                 old = self._file_layout or (first,)
                 placement = tuple(layout.index(track) for track in old)
             file.widen(len(layout), placement)
-        self._file_layout = layout
+        if layout != self._file_layout:
+            self._file_layout = layout
+            self._note_layout()
         channel_of = {track: index for index, track in enumerate(layout)}
         lo = min(min(p.position for p in pieces), file.frames)
         hi = max(p.position + len(p.pcm) for p in pieces)
@@ -488,12 +619,14 @@ class WavRecorder:
         existing = file.read(lo, cut)  # keep what is there (the other channel, earlier writes)
         block[: len(existing)] = existing
         rest = []
+        written = []  # (track, start, end) of this write: what the file then holds
         for piece in pieces:
             position, pcm = piece.position, piece.pcm
             end = position + len(pcm)
             a, b = max(position, lo), min(end, cut)
             if a < b:
                 block[a - lo : b - lo, channel_of[piece.track]] = pcm[a - position : b - position]
+                written.append((piece.track, a, b))
             if end > cut:  # beyond this write: kept, in order, for the next one
                 rest.append(
                     piece if position >= cut else _Piece(piece.track, cut, pcm[cut - position :])
@@ -504,6 +637,8 @@ class WavRecorder:
             if file.written_to > lo:
                 self._drop_written(file.written_to)
             raise
+        for track, a, b in written:
+            self.coverage.add(track, a, b)
         self._pending = rest
         self._count_pending()
         self._written_hi = max(self._written_hi, cut if rest else self._pending_hi)
@@ -514,6 +649,7 @@ class WavRecorder:
         rest = []
         for piece in self._pending:
             position, pcm = piece.position, piece.pcm
+            self.coverage.add(piece.track, position, min(position + len(pcm), upto))
             if position + len(pcm) > upto:
                 rest.append(
                     piece if position >= upto else _Piece(piece.track, upto, pcm[upto - position :])
@@ -657,6 +793,17 @@ class WavRecorder:
         file = self._file
         if file is None:
             return
+        journal, self._journal = self._journal, None
+        if journal is not None:  # all of it is in the WAV, or counted lost: before finalizing
+            for run in self._runs.values():
+                run.buffer, run.mark = _NO_BUFFER, [0, 0, 0]  # the mapping's last views go
+            try:
+                let_go([journal.remove()])
+            except OSError as exc:
+                logger.warning(
+                    "stream %s: cannot remove the journal of %s (%s)",
+                    self._log_id, file.path, _describe(exc),
+                )  # fmt: skip
         try:
             if self._finalize:
                 try:

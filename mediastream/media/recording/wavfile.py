@@ -172,6 +172,7 @@ class WavFile:
             os.close(self._fd)
             raise
         try:
+            self._created = st.st_size == 0
             if st.st_size == 0:
                 self.sample_rate, self.channels, self._data_offset = sample_rate, channels, 44
                 self.frames = 0
@@ -193,6 +194,12 @@ class WavFile:
                     os.unlink(self.path)
             os.close(self._fd)
             raise
+
+    @property
+    def created(self) -> bool:
+        """True if this open made the file (it was empty): no earlier writer's journal is
+        its own."""
+        return self._created
 
     def _put(self, data: bytes | memoryview, offset: int) -> None:
         _, error = _pwrite_all(self._fd, data, offset)
