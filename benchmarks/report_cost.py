@@ -15,7 +15,9 @@ processes on a busy machine count less), the variants interleaved round by round
 ``--once on|off`` runs one runtime round only (reports on or off), for an instruction count:
 ``valgrind --tool=callgrind`` on the real interpreter (not a pyenv shim), twice with
 different ``--frames``; the difference of the totals over the difference of the frames
-(times streams) is the instructions per frame, imports and setup cancelled out.
+(times streams) is the instructions per frame, imports and setup cancelled out. With
+``--speech`` that round runs the default speech detector on every stream, fed a 5 s
+speech-like loop (``--once off --speech`` against ``--once off``: the speech path's cost).
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from mediastream.config import StreamOptions
+from mediastream.config import SpeechOptions, StreamOptions
 from mediastream.runtime.connection import StreamConnection
 from mediastream.runtime.handler import StreamHandler
 from mediastream.runtime.registry import StreamRegistry
 from mediastream.runtime.report import StreamFigures
 from mediastream.session import Audio
-from mediastream.simulate import synthesize_speechlike
+from mediastream.simulate import encode_frames, synthesize_speechlike
 
 
 def figures_round(frame_samples: int, frames: int) -> float:
@@ -65,20 +67,24 @@ class _NoTransport:
         del code, reason
 
 
-def _texts(stream_id: str, count: int, payload: str) -> list[str]:
+def _texts(stream_id: str, count: int, payloads: list[str]) -> list[str]:
     fmt = {"encoding": "PCMU", "sample_rate": 8000}
     out = [json.dumps({"event": "start", "stream_id": stream_id, "start": {"media_format": fmt}})]
     for chunk in range(1, count + 1):
         media = {"track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20)}
-        media["payload"] = payload
+        media["payload"] = payloads[(chunk - 1) % len(payloads)]
         out.append(json.dumps({"event": "media", "stream_id": stream_id, "media": media}))
     return out
 
 
-async def runtime_round(streams: int, frames: int, reports: bool, payload: str) -> float:
-    """CPU µs per frame of ``StreamConnection.receive``, no recording."""
-    registry = StreamRegistry(StreamHandler, StreamOptions(reports=reports))
-    texts = [_texts(f"s{n}", frames, payload) for n in range(streams)]
+async def runtime_round(
+    streams: int, frames: int, reports: bool, payloads: list[str], speech: bool = False
+) -> float:
+    """CPU µs per frame of ``StreamConnection.receive``, no recording (``speech``: the default
+    detector on the caller's track, as ``serve --speech webrtc``)."""
+    options = StreamOptions(reports=reports, speech=SpeechOptions() if speech else None)
+    registry = StreamRegistry(StreamHandler, options)
+    texts = [_texts(f"s{n}", frames, payloads) for n in range(streams)]
     connections = []
     for n in range(streams):
         connection = StreamConnection(registry, _NoTransport())
@@ -101,21 +107,31 @@ async def main() -> None:
     parser.add_argument("--frames", type=int, default=250, help="frames per stream (250)")
     parser.add_argument("--rounds", type=int, default=7, help="best of this many (7)")
     parser.add_argument("--once", choices=("on", "off"), help="one runtime round (callgrind)")
+    parser.add_argument(
+        "--speech",
+        action="store_true",
+        help="with --once: speech detection on (webrtc), fed a 5 s speech-like loop",
+    )
     args = parser.parse_args()
     from mediastream import codecs
 
     voice = synthesize_speechlike(0.02, 8000)
-    payload = base64.b64encode(codecs.encoder("PCMU").encode(voice[:160])).decode()
+    payloads = [base64.b64encode(codecs.encoder("PCMU").encode(voice[:160])).decode()]
     if args.once is not None:
-        cost = await runtime_round(args.streams, args.frames, args.once == "on", payload)
-        print(f"runtime reports={args.once} {cost:6.2f} µs/frame (once)")
+        if args.speech:  # a detector fed one repeated frame would decide the same every time
+            loop = synthesize_speechlike(5.0, 8000)
+            payloads = [base64.b64encode(b).decode() for b in encode_frames(loop, "PCMU", 8000)]
+        on = args.once == "on"
+        cost = await runtime_round(args.streams, args.frames, on, payloads, args.speech)
+        speech = " speech=webrtc" if args.speech else ""
+        print(f"runtime reports={args.once}{speech} {cost:6.2f} µs/frame (once)")
         return
     costs: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for samples, name in ((160, "figures PCMU"), (320, "figures G722")):
             costs.setdefault(name, []).append(figures_round(samples, 5000))
         for reports in (True, False):
-            cost = await runtime_round(args.streams, args.frames, reports, payload)
+            cost = await runtime_round(args.streams, args.frames, reports, payloads)
             costs.setdefault(f"runtime reports={'on' if reports else 'off'}", []).append(cost)
     for name, values in costs.items():
         print(f"{name:22} {min(values):6.2f} µs/frame (best of {args.rounds})")
