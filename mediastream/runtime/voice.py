@@ -78,10 +78,8 @@ class StreamVoice:
         something to act on (``act``): speech events, or a barge-in due.
 
         A frame of a track already tracked at its rate goes straight to its ``TrackSpeech``
-        (what ``StreamSpeech.feed`` would do), and the barge-in test is inlined: each call
-        saved is a tenth of the speech path's own cost (callgrind)."""
-        track = event.track
-        speech = self._tracks.get(track)
+        (what ``StreamSpeech.feed`` would do): one call level less on every frame."""
+        speech = self._tracks.get(event.track)
         if speech is not None and speech.sample_rate == event.sample_rate:
             found = speech.feed(event.pcm, event.position)
         else:
@@ -89,12 +87,7 @@ class StreamVoice:
         if found:
             self._found = found
             return True
-        return (
-            self.barge_in_ms is not None
-            and track == "inbound"
-            and self.stream.call.has_player
-            and self.speech.speech_ms("inbound") >= self.barge_in_ms
-        )
+        return self._barge_in_due(event.track)
 
     def _barge_in_due(self, track: str) -> bool:
         return (

@@ -26,18 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mediastream.media.recording import FINALIZED_MODE, RecordingError, recover_recordings
+from mediastream.media.recording import FINALIZED_MODE, RecordingError, RecordingLocked
+from mediastream.media.recording.naming import recover_recording
 from mediastream.media.recording.wavfile import WRITE_BITS, lock
 
 REPORT_SUFFIX = ".json"  # the report sidecar: <stem>.json (runtime/report.py)
 LOCK_NAME = ".upload.lock"  # one uploader per folder: the holder of this file's flock
 READ_CHUNK = 1 << 20
 NEVER_UPLOADED = (".tmp", ".journal")  # a sidecar being written; a recorder's journal
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: one uploader per folder is the user's care
-    fcntl = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -138,9 +134,9 @@ def _owner(name: str, stems: set[str]) -> str | None:
 
 def finalize_abandoned(path: Path) -> bool:
     """Make a WAV a killed process left read-only (its session is over), after the recovery
-    a start-up runs (header, journal, piece description: ``recover_recordings``), under its
+    a start-up runs for it (header, journal, piece description: ``recover_recording``), under its
     lock. False if a live process holds it after all, or it is gone."""
-    recover_recordings(path.parent)
+    recover_recording(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -210,12 +206,11 @@ def take_folder_lock(directory: Path) -> int | None:
     """The folder's upload lock (a descriptor to keep open), or None if another process holds
     it: processes sharing a record folder (``serve --workers N``) upload through one of them,
     and when it dies the kernel drops its lock and another takes over."""
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    if fcntl is None:  # pragma: no cover
-        return fd
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        lock(fd, path)  # the recordings' own lock (unlocked where locks are unsupported)
+    except (RecordingLocked, OSError):
         os.close(fd)
         return None
     return fd

@@ -178,13 +178,9 @@ class WebRtcDetector:
         """One whole frame with nothing pending: its decision at once, without the
         ``push``/``take`` round trip (the frame path's case); None when it is not such a
         frame (then ``push`` it)."""
-        if (
-            self._pending
-            or self._out
-            or len(pcm) != self.window
-            or pcm.dtype is not _INT16
-            or self._closed
-        ):
+        if self._pending or self._out or self._closed:
+            return None
+        if len(pcm) != self.window or pcm.dtype is not _INT16:
             return None
         try:
             speech = self._process(self._handle, self.sample_rate, pcm, self.window)
@@ -195,17 +191,11 @@ class WebRtcDetector:
     def push(self, pcm: np.ndarray) -> None:
         if self._closed:
             raise RuntimeError("push on a closed detector")
-        pending = self._pending
-        if (
-            not pending
-            and len(pcm) == self.window
-            and pcm.dtype == np.int16
-            and pcm.flags.c_contiguous
-        ):  # the common case, a whole frame: straight to webrtcvad, no copy (as bytes:
-            # webrtcvad takes len(buf) // 2 for the sample count)
-            speech = self._process(self._handle, self.sample_rate, pcm, self.window)
-            self._out.append(1.0 if speech else 0.0)
+        scored = self.score(pcm)  # the common case, a whole frame: no copy
+        if scored is not None:
+            self._out.append(scored)
             return
+        pending = self._pending
         pending += _int16(pcm).tobytes()
         size = 2 * self.window
         count = len(pending) // size

@@ -127,6 +127,23 @@ def claim_session_file(
             n += 1  # another process claimed it first
 
 
+def recover_recording(path: Path) -> bool:
+    """``recover_recordings`` for one WAV: True if its audio needed repair (header or journal).
+    A finished file, or one another live process is writing, is left alone."""
+    try:
+        if is_finalized(path):
+            return False
+        repaired = recover_wav(path)
+        placed = recover_journal(path)  # the audio a killed writer still held
+        recover_piece(path, *wav_layout(path))  # complete its piece description
+        return placed or repaired
+    except RecordingLocked:
+        logger.debug("recording %s is being written by another process: left alone", path)
+    except (OSError, RecordingError) as exc:
+        logger.warning("cannot recover recording %s: %s", path, exc)
+    return False
+
+
 def recover_recordings(record_dir: str | os.PathLike[str]) -> list[Path]:
     """Repair every WAV in ``record_dir`` left behind by a killed process; returns those fixed.
 
@@ -136,19 +153,7 @@ def recover_recordings(record_dir: str | os.PathLike[str]) -> list[Path]:
     audio a killed writer still held in its journal (``journal.py``) is placed first. The
     piece description of each (``piece.py``) is completed from what the file holds.
     """
-    fixed = []
-    for path in sorted(Path(record_dir).glob("*.wav")):
-        try:
-            if is_finalized(path):
-                continue
-            repaired = recover_wav(path)
-            if recover_journal(path) or repaired:  # the audio a killed writer still held
-                fixed.append(path)
-            recover_piece(path, *wav_layout(path))  # complete its piece description
-        except RecordingLocked:
-            logger.debug("recording %s is being written by another process: left alone", path)
-        except (OSError, RecordingError) as exc:
-            logger.warning("cannot recover recording %s: %s", path, exc)
+    fixed = [path for path in sorted(Path(record_dir).glob("*.wav")) if recover_recording(path)]
     remove_orphans(record_dir)
     if fixed:
         logger.info("recovered %d recording(s) in %s", len(fixed), record_dir)
