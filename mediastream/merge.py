@@ -42,7 +42,7 @@ from mediastream.media.recording.piece import (
     derived_piece,
     read_piece,
 )
-from mediastream.media.recording.wavfile import _read_layout as read_layout
+from mediastream.media.recording.wavfile import read_layout
 
 logger = logging.getLogger(__name__)
 

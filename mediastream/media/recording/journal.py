@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mediastream.media.recording.wavfile import WRITE_BITS, WavFile, _read_layout, lock
+from mediastream.media.recording.wavfile import WRITE_BITS, WavFile, lock, read_layout
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def recover_journal(wav: str | os.PathLike[str]) -> bool:
     try:
         lock(fd, Path(wav))
         st = os.fstat(fd)
-        rate = _read_layout(fd).sample_rate
+        rate = read_layout(fd).sample_rate
         contents = _read(path)
         if contents is None or not contents.pieces:  # all of it was written: the file as it is
             if contents is None and path.exists():

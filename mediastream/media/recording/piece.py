@@ -40,7 +40,7 @@ from typing import Any
 
 from mediastream.config import StreamOptions
 from mediastream.errors import RecordingError
-from mediastream.media.recording.wavfile import _read_layout as read_layout
+from mediastream.media.recording.wavfile import read_layout
 
 logger = logging.getLogger(__name__)
 

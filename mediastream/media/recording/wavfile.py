@@ -75,14 +75,16 @@ def is_finalized(path: str | os.PathLike[str]) -> bool:
 
 
 @dataclass(slots=True)
-class _Layout:
+class WavLayout:
+    """Where a 16-bit PCM WAV's audio is, as read from its chunks (recovery, journals, merge)."""
+
     sample_rate: int
     channels: int
     data_offset: int
     data_bytes: int  # as measured on disk, whole frames only
 
 
-def _read_layout(fd: int) -> _Layout:
+def read_layout(fd: int) -> WavLayout:
     """Find ``fmt `` and ``data`` in a RIFF/WAVE file; trust the file size over the header."""
     size = os.fstat(fd).st_size
     head = os.pread(fd, 12, 0)
@@ -101,7 +103,7 @@ def _read_layout(fd: int) -> _Layout:
                 raise RecordingError("WAV data chunk before fmt chunk")
             block = 2 * channels
             data_bytes = (size - body) // block * block
-            return _Layout(rate, channels, body, data_bytes)
+            return WavLayout(rate, channels, body, data_bytes)
         offset = body + chunk_size + (chunk_size & 1)
     raise RecordingError("WAV file has no data chunk")
 
@@ -178,7 +180,7 @@ class WavFile:
                 self.frames = 0
                 self._write_header()
             else:
-                layout = _read_layout(self._fd)
+                layout = read_layout(self._fd)
                 if layout.sample_rate != sample_rate:
                     raise RecordingError(
                         f"{self.path} holds {layout.sample_rate} Hz audio, not {sample_rate} Hz"
@@ -321,7 +323,7 @@ def recover_wav(path: str | os.PathLike[str]) -> bool:
         lock(fd, Path(path))
         if os.fstat(fd).st_size == 0:
             return False  # a name just claimed by a writer (or left so): nothing to repair
-        layout = _read_layout(fd)
+        layout = read_layout(fd)
         end = layout.data_offset + layout.data_bytes
         (declared,) = struct.unpack("<I", os.pread(fd, 4, layout.data_offset - 4))
         if declared == layout.data_bytes and os.fstat(fd).st_size == end:
