@@ -164,11 +164,6 @@ class _Run:
         mark[2] = fill  # after the samples: a kill in between leaves the frame out, not junk
         return True
 
-    def settle(self) -> None:
-        """What the run held is in the WAV: its journal slot no longer holds audio."""
-        if not self.fill:
-            self.mark[2] = 0
-
     def bind(self, buffer: np.ndarray, mark: MutableSequence[int]) -> None:
         """Gather into ``buffer`` (as large as ours) from now on, what it holds copied."""
         fill = self.fill
@@ -590,8 +585,8 @@ class WavRecorder:
         else:
             self._end_run()
             self._write_pieces()
-            for each in self._runs.values():
-                each.settle()
+            for each in self._runs.values():  # emptied by _end_run, now in the WAV:
+                each.mark[2] = 0  # their journal slots hold nothing
 
     def _write_pieces(self) -> None:
         """Merge the pieces over what the file holds and write the first ``_write_frames``."""
