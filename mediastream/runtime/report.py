@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mediastream.config import StreamOptions
+from mediastream.media.recording.wavfile import write_atomic
 from mediastream.session import TRACKS, Audio
 
 if TYPE_CHECKING:
@@ -493,16 +493,7 @@ def sidecar_path(recording: Path) -> Path:
 def write_sidecar(recording: Path, text: str) -> Path:
     """Write the report beside ``recording``, atomically (a temporary file, then a rename):
     a reader never sees half a report. Blocking: the registry runs it in a thread."""
-    path = sidecar_path(recording)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "w", encoding="ascii") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(sidecar_path(recording), text)
 
 
 def describe(report: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 
 from mediastream.config import StreamOptions
 from mediastream.errors import RecordingError
-from mediastream.media.recording.wavfile import read_layout
+from mediastream.media.recording.wavfile import read_layout, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -194,15 +194,7 @@ class Piece:
 def write_piece(recording: str | os.PathLike[str], piece: Piece) -> Path:
     """Write ``piece`` beside ``recording`` atomically (a temporary file, then a rename).
     Blocking: the registry runs it in a thread."""
-    path = piece_path(recording)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_text(piece.to_json(), encoding="ascii")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(piece_path(recording), piece.to_json())
 
 
 def read_piece(recording: str | os.PathLike[str]) -> Piece | None:

@@ -68,6 +68,19 @@ def lock(fd: int, path: Path, *, patience: float = 0.0) -> None:
             return
 
 
+def write_atomic(path: Path, text: str, encoding: str = "ascii") -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file beside it, then a rename): a
+    reader never sees half of a sidecar (a report, a piece description). Blocking."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text, encoding=encoding)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def is_finalized(path: str | os.PathLike[str]) -> bool:
     """True for a recording closed normally: no write bit (checked as bits, since root may
     write to a read-only file anyway)."""
