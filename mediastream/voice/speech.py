@@ -27,12 +27,14 @@ without it webrtc's utterances ended 16-124 ms late (mode 3, espeak-ng sentences
 ``finish`` flushes the resampler into the detector and decides what comes back at once; a
 batched bank's windows not yet run are not waited for (run the bank first to have them).
 
-Per frame with no resampling this is a handful of integer operations, one deque append and
-the detector's own cost, no numpy temporaries: ``StreamSpeech.feed`` of a 20 ms frame with a
-zero-cost scripted detector takes 1.8 µs (median of 25 runs of 1,000 frames; 8 or 16 kHz,
-speech or silence; 2-7 µs while other work loaded the 2-core machine), 0.1 µs for a track not
-listened to; with webrtc's own detector, 5-9 µs. Resampling makes it 19 µs (``StreamResampler``'s
-float32 round trip and soxr's call), which the real detectors need only above 16 kHz
+Per frame with no resampling this is a handful of integer operations, one copy of the frame
+into the held audio and the detector's own cost, no numpy temporaries: ``StreamSpeech.feed`` of
+a 20 ms frame with a zero-cost scripted detector took 1.8 µs (median of 25 runs of 1,000
+frames; 8 or 16 kHz, speech or silence; 2-7 µs while other work loaded the 2-core machine)
+when the segmenter held references instead of copies (the copy adds 0.17 µs: ``bytearray``
+extend and front cut against a deque's append and pop), 0.1 µs for a track not listened to;
+with webrtc's own detector, 5-9 µs. Resampling makes it 19 µs (``StreamResampler``'s float32
+round trip and soxr's call), which the real detectors need only above 16 kHz
 (``detector_rate``).
 """
 

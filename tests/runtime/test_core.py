@@ -241,3 +241,33 @@ async def test_a_drain_with_a_stuck_handler_is_bounded_and_keeps_the_audio(recor
     assert len(got) >= 20 * 160
     np.testing.assert_array_equal(got, plan.expected_pcm()[: len(got)])
     assert (await core.http(HttpRequest("GET", "/healthz"))).status == 503
+
+
+class _Node:
+    """An object the cyclic GC tracks (it can hold a reference to itself)."""
+
+    def __init__(self) -> None:
+        self.me: _Node | None = None
+
+
+async def test_every_start_collects_then_freezes_what_came_before(record_dir: Path):
+    """Start-up objects made since the last start are frozen (full collections never walk
+    them), and garbage cycles among them are freed first, not frozen; a process that starts
+    servers again (a reload, a test suite) gets the same as its first start."""
+    import gc
+    import weakref
+
+    for _ in range(2):  # a first start in the process, then another
+        live = _Node()
+        cycle = _Node()
+        cycle.me = cycle  # garbage only a collection frees
+        freed = weakref.ref(cycle)
+        del cycle
+        assert any(obj is live for obj in gc.get_objects())
+        core = make_core(record_dir)
+        await core.start()
+        try:
+            assert freed() is None
+            assert not any(obj is live for obj in gc.get_objects())  # frozen: not walked
+        finally:
+            await core.shutdown()

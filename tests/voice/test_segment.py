@@ -227,6 +227,38 @@ def test_held_audio_is_bounded() -> None:
     assert segmenter.dropped_ms > 0
 
 
+def test_a_minute_of_held_speech_is_a_few_objects_for_the_cyclic_gc() -> None:
+    """Held frames are not one object each: a full collection visits every item of a
+    container, and a deque of 3,000 frames cost every collection that much per stream."""
+    import gc
+
+    options = replace(OPTIONS, max_utterance_seconds=70.0)
+    segmenter = Segmenter("inbound", RATE, options)
+    signal = ramp(3000 * WINDOW)
+    for k in range(3000):  # a minute of speech, each frame an array of its own
+        segmenter.audio(signal[k * WINDOW : (k + 1) * WINDOW].copy(), k * WINDOW)
+        segmenter.decide(k * WINDOW, WINDOW, 1.0)
+    visited = sum(len(gc.get_referents(value)) for value in vars(segmenter).values())
+    assert visited < 10
+    (ended,) = [e for e in segmenter.finish() if isinstance(e, SpeechEnded)]
+    np.testing.assert_array_equal(ended.utterance.audio, signal)
+
+
+def test_audio_of_any_layout_is_held_as_its_samples() -> None:
+    """Strided views and other integer types are held as the int16 samples they hold."""
+    segmenter = Segmenter("inbound", RATE, OPTIONS)
+    signal = ramp(50 * WINDOW)
+    doubled = np.repeat(signal, 2)
+    for k in range(50):
+        frame = doubled[2 * k * WINDOW : 2 * (k + 1) * WINDOW : 2]  # not contiguous
+        if k % 2:
+            frame = frame.astype(np.int32)
+        segmenter.audio(frame, k * WINDOW)
+        segmenter.decide(k * WINDOW, WINDOW, 1.0)
+    (ended,) = [e for e in segmenter.finish() if isinstance(e, SpeechEnded)]
+    np.testing.assert_array_equal(ended.utterance.audio, signal)
+
+
 def test_forward_gap_between_windows_is_silence() -> None:
     segmenter = Segmenter("inbound", RATE, OPTIONS)
     events: list[SpeechEvent] = []
