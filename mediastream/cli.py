@@ -29,6 +29,7 @@ from mediastream.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     INSTANCE_ID_ENV,
+    INSTANCE_ID_RULE,
     Config,
     HttpLimits,
     PlaybackConfig,
@@ -260,8 +261,7 @@ def instance_id_from_args(args: argparse.Namespace) -> str:
     if not is_instance_id(value):
         source = "--instance-id" if given else f"${INSTANCE_ID_ENV}"
         raise UsageError(
-            f"{source} {value!r}: an instance id is 1 to 63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (it is a URL path element)"
+            f"{source} {value!r}: an instance id is {INSTANCE_ID_RULE} (it is a URL path element)"
         )
     return value
 

@@ -26,6 +26,8 @@ DEFAULT_PORT = 8765
 # An instance id is one URL path element and a DNS label at once (a StatefulSet pod name, a
 # HAProxy server name): letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit
 INSTANCE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# the rule above in words, for the errors that refuse an id (a URL path element, a DNS label)
+INSTANCE_ID_RULE = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 INSTANCE_ID_ENV = "MEDIASTREAM_INSTANCE_ID"
 
 
@@ -215,6 +217,9 @@ class UploadOptions:
     shutdown_seconds: float = 10.0
     # a larger file goes up in multipart parts of this size (a single PUT is held in memory)
     part_bytes: int = 8 << 20
+    # parts of one file in flight at once: with ``concurrency`` files, at most
+    # concurrency × part_concurrency × part_bytes of parts in memory (64 MiB by default)
+    part_concurrency: int = 2
     request_seconds: float = 60.0  # one request (a PUT, a part, a HEAD) at most
     connect_seconds: float = 5.0  # connecting to the store at most
 

@@ -26,7 +26,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mediastream.config import Config
+from mediastream.config import INSTANCE_ID_RULE, Config
 from mediastream.instance import is_instance_id, split_instance_path
 from mediastream.media.recording import recover_recordings
 from mediastream.protocol.frames import AUTH_TOKEN_KEY, ConnectedFrame, parse_frame
@@ -117,10 +117,7 @@ class MediaCore:
         routes: Routes | None = None,
     ) -> None:
         if not is_instance_id(config.instance_id):
-            raise ValueError(
-                f"instance id {config.instance_id!r} must be 1 to 63 letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit"
-            )
+            raise ValueError(f"instance id {config.instance_id!r} must be {INSTANCE_ID_RULE}")
         self.config = config
         self.limits = config.limits
         self.auth_token = config.auth_token or None

@@ -26,7 +26,6 @@ from mediastream.errors import UsageError, install_hint
 from mediastream.storage.target import UploadTarget
 
 DEFAULT_REGION = "us-east-1"
-PART_CONCURRENCY = 2  # parts of one file in flight at once (files: ``UploadOptions.concurrency``)
 # an ETag S3 computes from content: an MD5, or the MD5 of the parts' MD5s and their count
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 
@@ -64,6 +63,7 @@ class Bucket:
 
         self.target = target
         self.part_bytes = options.part_bytes
+        self.part_concurrency = options.part_concurrency
         endpoint = endpoint_of(options)
         config: dict[str, Any] = {"region": region_of(options)}
         if endpoint is not None:
@@ -97,7 +97,7 @@ class Bucket:
             path,
             use_multipart=size > self.part_bytes,
             chunk_size=self.part_bytes,
-            max_concurrency=PART_CONCURRENCY,
+            max_concurrency=self.part_concurrency,
         )
 
     async def md5_of(self, key: str) -> str:

@@ -353,11 +353,11 @@ def for_instance(stream: Stream, instance_id: str | None) -> Stream:
     load balancer routes them to, ``mediastream/instance.py``); None: as it is."""
     if instance_id is None:
         return stream
+    from mediastream.config import INSTANCE_ID_RULE
     from mediastream.instance import instance_url, is_instance_id
 
     if not is_instance_id(instance_id):
-        problem = "must be 1 to 63 letters, digits, '.', '_' or '-', the first a letter or digit"
-        raise TexmlError("Stream", [("instance id", problem)])
+        raise TexmlError("Stream", [("instance id", f"must be {INSTANCE_ID_RULE}")])
     values = stream.model_dump()
     for name in ("url", "status_callback"):
         if values[name]:
