@@ -1,11 +1,13 @@
 """What the quality report costs per frame (``mediastream/runtime/report.py``).
 
-Two figures, each the best of several rounds of CPU time (``process_time``, so that other
+Three figures, each the best of several rounds of CPU time (``process_time``, so that other
 processes on a busy machine count less), the variants interleaved round by round:
 
 * ``figures``: ``StreamFigures`` alone, fed as the runtime feeds it (``arrived`` per media
   frame, ``handled`` per handled frame, level windows included), for PCMU (160 samples a frame)
   and G722 (320);
+* ``fold``: the level fold of one 25-frame window, ``media/levels.py``'s kernel against the
+  numpy code it replaced (kept here as the anchor; both give the same figures, checked);
 * ``runtime``: ``StreamConnection.receive`` over pre-built frames of many streams (as
   ``runtime_frame.py``), with ``StreamOptions.reports`` on and off: the difference is the
   report's whole cost on the runtime path, hooks included.
@@ -31,7 +33,10 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from mediastream.config import SpeechOptions, StreamOptions
+from mediastream.media.levels import fold_levels
 from mediastream.runtime.connection import StreamConnection
 from mediastream.runtime.handler import StreamHandler
 from mediastream.runtime.registry import StreamRegistry
@@ -57,6 +62,33 @@ def figures_round(frame_samples: int, frames: int) -> float:
         figures.arrived("inbound", key, key * 0.02 + 0.001 * (key % 7))
         figures.handled(event, 0.0)
     return (time.process_time() - started) / frames * 1e6
+
+
+def numpy_fold(block: np.ndarray, frames: int, size: int, silence: int, clip: int) -> tuple:
+    """The level fold as numpy did it before ``media/levels.py`` (the anchor)."""
+    magnitudes = np.abs(block).view(np.uint16)
+    peaks = magnitudes.reshape(frames, size).max(axis=1).tolist()
+    floats = block.astype(np.float64)
+    sumsq = float(np.dot(floats, floats))
+    peak = max(peaks)
+    silent = len([p for p in peaks if p <= silence])
+    clipped = int(np.count_nonzero(magnitudes >= clip)) if peak >= clip else 0
+    return sumsq, peak, silent, clipped
+
+
+def fold_round(size: int, calls: int = 2000) -> dict[str, float]:
+    """µs per 25-frame window of the level fold: the kernel against numpy, same input."""
+    rng = np.random.default_rng(size)
+    block = rng.integers(-20000, 20000, 25 * size, dtype=np.int16)
+    args = (block, 25, size, 8, 32767)
+    assert fold_levels(*args) == numpy_fold(*args)  # the same figures, to the bit
+    out = {}
+    for name, fold in (("fold numpy", numpy_fold), ("fold kernel", fold_levels)):
+        started = time.process_time()
+        for _ in range(calls):
+            fold(*args)
+        out[name] = (time.process_time() - started) / calls * 1e6
+    return out
 
 
 class _NoTransport:
@@ -130,11 +162,14 @@ async def main() -> None:
     for _ in range(args.rounds):
         for samples, name in ((160, "figures PCMU"), (320, "figures G722")):
             costs.setdefault(name, []).append(figures_round(samples, 5000))
+            for fold, cost in fold_round(samples).items():  # per window, not per frame
+                costs.setdefault(f"{fold} {name.split()[1]}", []).append(cost)
         for reports in (True, False):
             cost = await runtime_round(args.streams, args.frames, reports, payloads)
             costs.setdefault(f"runtime reports={'on' if reports else 'off'}", []).append(cost)
     for name, values in costs.items():
-        print(f"{name:22} {min(values):6.2f} µs/frame (best of {args.rounds})")
+        unit = "window of 25 frames" if name.startswith("fold") else "frame"
+        print(f"{name:22} {min(values):6.2f} µs/{unit} (best of {args.rounds})")
     on, off = min(costs["runtime reports=on"]), min(costs["runtime reports=off"])
     print(f"{'runtime difference':22} {on - off:6.2f} µs/frame ({(on - off) / off:.1%})")
 

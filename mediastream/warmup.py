@@ -40,6 +40,12 @@ def _resampler() -> None:
     StreamResampler(16000, 8000).process(np.zeros(320, dtype=np.int16), last=True)
 
 
+def _levels() -> None:  # the quality report's fold: a numba kernel
+    from mediastream.media.levels import fold_levels
+
+    fold_levels(np.zeros(160, dtype=np.int16), 1, 160, 0, 32767)
+
+
 def _mp3() -> None:
     import soundfile
 
@@ -59,6 +65,7 @@ def warm_up() -> dict[str, float]:
         "L16": lambda: _codec("L16", 16000),
         "G722": lambda: _codec("G722"),
         "resampler": _resampler,
+        "levels": _levels,
         "MP3": _mp3,
     }
     if importlib.util.find_spec("av") is not None:

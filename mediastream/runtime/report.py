@@ -16,9 +16,9 @@ all off): two calls, plain Python numbers, and numpy only once per window.
 * ``handled`` (per handled frame, after ``on_audio``): one ``monotonic()`` for the lag, and a
   copy of the frame into the track's window buffer (a memoryview slice assignment, 0.13 µs;
   numpy's is twice that). The levels are computed once per ``level_window_seconds`` (25
-  frames) over the buffer in one go (``_Level.fold``: ``abs``, a per-frame max, a dot, about
-  18 µs), not per frame: numpy's fixed cost per call (1-2 µs here) would dominate a
-  160-sample frame. Keeping the decoded arrays until the window is full, instead of copying
+  frames) over the buffer in one go (``_Level.fold``: one compiled pass, ``media/levels.py``),
+  not per frame: a call's fixed cost (1-2 µs for numpy's here) would dominate a 160-sample
+  frame. Keeping the decoded arrays until the window is full, instead of copying
   them, was measured at several µs per frame more at 200 streams (allocator and cache
   traffic), although it executes fewer instructions.
 
@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mediastream.config import StreamOptions
+from mediastream.media.levels import fold_levels
 from mediastream.media.recording.wavfile import write_atomic
 from mediastream.session import TRACKS, Audio
 
@@ -182,31 +183,23 @@ class _Level:
             self.fold(silence)
 
     def fold(self, silence: int) -> None:
-        """Fold the buffered frames into the totals (a full window, or what is left).
-
-        About 75,000 instructions for 25 frames of 160 samples (callgrind), mostly numpy's
-        fixed cost per call, so there are few: ``abs`` (viewed as uint16, so that -32768 is
-        32768), a per-frame max, a float64 dot (exact for these sums).
-        """
+        """Fold the buffered frames into the totals (a full window, or what is left), in one
+        compiled pass (``media/levels.py``)."""
         fill = self.fill
         if not fill:
             return
         self.fill = 0
-        block = self.block if fill == self.capacity else self.block[:fill]
         frames = fill // self.size
-        magnitudes = np.abs(block).view(np.uint16)
-        peaks = magnitudes.reshape(frames, self.size).max(axis=1).tolist()
-        floats = block.astype(np.float64)
-        sumsq = float(np.dot(floats, floats))
-        peak = max(peaks)
+        sumsq, peak, silent, clipped = fold_levels(
+            self.block, frames, self.size, silence, CLIP_LEVEL
+        )
         self.frames += frames
         self.samples += fill
         self.sumsq += sumsq
-        self.silent += len([p for p in peaks if p <= silence])
+        self.silent += silent
+        self.clipped += clipped
         if peak > self.peak:
             self.peak = peak
-        if peak >= CLIP_LEVEL:
-            self.clipped += int(np.count_nonzero(magnitudes >= CLIP_LEVEL))
         self.window = _dbfs(sumsq, fill)
 
     def summary(self) -> dict[str, Any]:
