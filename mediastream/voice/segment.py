@@ -148,7 +148,8 @@ class Segmenter:
         self._padding = _samples(options.padding_ms, sample_rate)
         self._max = max(1, round(options.max_utterance_seconds * sample_rate))
         self._cap = self._max + 2 * self._padding + round(LAG_ALLOWANCE_SECONDS * sample_rate)
-        # audio held: stretches in timeline order, a hole between each; _held counts samples
+        # audio held: stretches in timeline order, a hole between each, none empty but the
+        # last (when everything held was let go); _held counts samples
         self._stretches: list[_Stretch] = []
         self._held = 0
         self._audio_end: int | None = None  # position after the last audio sample
@@ -202,8 +203,13 @@ class Segmenter:
         if end is not None and position < end:
             position = end  # backward: continue where the audio ended
         stretches = self._stretches
-        if position != end or not stretches:
+        if not stretches:
             stretches.append(_Stretch(position))
+        elif position != end:  # a hole: a new stretch (an emptied last one is reused)
+            if stretches[-1].samples:
+                stretches.append(_Stretch(position))
+            else:
+                stretches[-1].start = position
         samples = stretches[-1].samples
         if pcm.dtype is _INT16:
             try:

@@ -244,6 +244,27 @@ def test_a_minute_of_held_speech_is_a_few_objects_for_the_cyclic_gc() -> None:
     np.testing.assert_array_equal(ended.utterance.audio, signal)
 
 
+def test_a_hole_after_everything_held_was_let_go() -> None:
+    """With no padding, decided silence leaves nothing held; audio after a jump forward is
+    held from the jump on, and an utterance there gets exactly its own samples."""
+    options = replace(OPTIONS, padding_ms=0.0)
+    segmenter = Segmenter("inbound", RATE, options)
+    for k in range(20):  # 400 ms of silence, decided as it comes: nothing needs holding
+        segmenter.decide(k * WINDOW, WINDOW, 0.0)
+        segmenter.audio(ramp(WINDOW, k * WINDOW), k * WINDOW)
+    assert segmenter._held == 0 and len(segmenter._stretches) == 1
+    later = 20 * WINDOW + RATE  # a second later
+    events: list[SpeechEvent] = []
+    for k in range(20):
+        segmenter.audio(ramp(WINDOW, later + k * WINDOW), later + k * WINDOW)
+        events += segmenter.decide(later + k * WINDOW, WINDOW, 1.0)
+    events += segmenter.finish()
+    (ended,) = [e.utterance for e in events if isinstance(e, SpeechEnded)]
+    assert ended.audio_start_ms == later * 1000 / RATE
+    np.testing.assert_array_equal(ended.audio, ramp(20 * WINDOW, later))
+    assert len(segmenter._stretches) == 1  # the emptied stretch was reused
+
+
 def test_audio_of_any_layout_is_held_as_its_samples() -> None:
     """Strided views and other integer types are held as the int16 samples they hold."""
     segmenter = Segmenter("inbound", RATE, OPTIONS)
