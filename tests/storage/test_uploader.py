@@ -34,6 +34,15 @@ def finished(path: Path, data: bytes) -> Path:
     return path
 
 
+async def upload_until_gone(up: Uploader, *paths: Path) -> None:
+    """Run ``up`` until every one of ``paths`` was uploaded and removed, then close it."""
+    await up.start()
+    try:
+        await until(lambda: not any(path.exists() for path in paths))
+    finally:
+        await up.close()
+
+
 def uploader(record: Path, prefix: str, **options: object) -> Uploader:
     settings = UploadOptions(
         url=f"s3://{BUCKET}/{prefix}", scan_seconds=0.05, retry_min_seconds=0.05, **options
@@ -53,11 +62,7 @@ async def test_a_large_recording_goes_up_in_parts_and_only_then_is_removed(
     sidecar = b'{"stream_id": "big"}\n'
     report.write_bytes(sidecar)
     up = uploader(tmp_path, "parts", part_bytes=part)
-    await up.start()
-    try:
-        await until(lambda: not wav.exists() and not report.exists())
-    finally:
-        await up.close()
+    await upload_until_gone(up, wav, report)
     objects = s3_env.objects("parts/")
     assert objects == {"parts/unit/big.wav": data, "parts/unit/big.json": sidecar}
     import obstore
@@ -81,11 +86,7 @@ async def test_a_key_holding_another_recording_is_never_overwritten(
     report = tmp_path / "call.json"
     report.write_text("{}\n")
     up = uploader(tmp_path, "taken")
-    await up.start()
-    try:
-        await until(lambda: not wav.exists() and not report.exists())
-    finally:
-        await up.close()
+    await upload_until_gone(up, wav, report)
     assert s3_env.objects("taken/") == {
         "taken/unit/call.wav": earlier,  # untouched
         "taken/unit/call+2.wav": data,
@@ -105,11 +106,7 @@ async def test_a_recording_already_in_the_store_is_not_sent_again(
     wav = finished(tmp_path / "done.wav", data)
     os.utime(wav, (time.time() - 60, time.time() - 60))
     up = uploader(tmp_path, "again", settle_seconds=0.0)
-    await up.start()
-    try:
-        await until(lambda: not wav.exists())
-    finally:
-        await up.close()
+    await upload_until_gone(up, wav)
     assert s3_env.objects("again/") == {"again/unit/done.wav": data}
     assert up.stats.uploaded_files == 1
 
@@ -126,10 +123,6 @@ async def test_without_md5_etags_the_object_is_read_back_and_hashed(
     wav = finished(tmp_path / "opaque.wav", data)
     os.utime(wav, (time.time() - 60, time.time() - 60))
     up = uploader(tmp_path, "opaque", settle_seconds=0.0)
-    await up.start()
-    try:
-        await until(lambda: not wav.exists())
-    finally:
-        await up.close()
+    await upload_until_gone(up, wav)
     assert s3_env.objects("opaque/") == {"opaque/unit/opaque.wav": data}
     assert up.stats.failures["verify"] == 0
