@@ -35,20 +35,22 @@ import soundfile
 
 from mediastream.errors import InputFileError, RecordingError, UsageError
 from mediastream.media.recording.piece import (
+    CARRIER_TRACKS,
     PIECE_SUFFIX,
+    PLAYBACK,
     Piece,
     base_of,
     complete_in_memory,
     derived_piece,
     read_piece,
 )
-from mediastream.media.recording.wavfile import read_layout
+from mediastream.media.recording.wavfile import read_layout, write_atomic
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
-TRACK_ORDER = ("inbound", "outbound", "playback")
+TRACK_ORDER = (*CARRIER_TRACKS, PLAYBACK)
 # a piece whose call starts (``started_at``: its counters' zero, by its host's clock) later
 # than the first piece's by more than this had its counters restarted at the reconnect: it is
 # placed by the clock instead (to the clocks' agreement, not to the sample)
@@ -268,18 +270,15 @@ def merge_call(
 
 
 def _write(output: Path, pcm: np.ndarray, rate: int, manifest: dict[str, Any]) -> None:
-    """The recording and its manifest, each atomically (a temporary file, then a rename)."""
+    """The recording and its manifest, each atomically (a temporary file, then a rename):
+    nothing lands unless both were written."""
     temporary = output.with_name(output.name + ".tmp")
-    target = manifest_path(output)
-    temporary_manifest = target.with_name(target.name + ".tmp")
     try:
         soundfile.write(temporary, pcm, rate, subtype="PCM_16", format="WAV")
-        temporary_manifest.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        write_atomic(manifest_path(output), json.dumps(manifest, indent=1) + "\n", "utf-8")
         os.replace(temporary, output)
-        os.replace(temporary_manifest, target)
     finally:
         temporary.unlink(missing_ok=True)
-        temporary_manifest.unlink(missing_ok=True)
 
 
 def merge_recordings(

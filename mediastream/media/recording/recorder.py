@@ -71,7 +71,7 @@ from mediastream.media.recording.journal import (
     replay_journal,
 )
 from mediastream.media.recording.naming import claim_session_file
-from mediastream.media.recording.piece import Coverage
+from mediastream.media.recording.piece import CARRIER_TRACKS, PLAYBACK, Coverage, layout_for
 from mediastream.media.recording.wavfile import WavFile
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ DEFAULT_RETRY_MAX_SECONDS = 5.0  # ... doubling up to this
 # one write covers at most this much of the timeline (a backlog drains in such steps)
 MAX_WRITE_SECONDS = 2.0
 _monotonic = time.monotonic  # looked up per call, so tests can drive the clock
-TRACKS = ("inbound", "outbound")  # the carrier's tracks, in channel order
-PLAYBACK_TRACK = "playback"  # what our players sent: the last channel, when recorded
+TRACKS = CARRIER_TRACKS  # the carrier's tracks, in channel order
+PLAYBACK_TRACK = PLAYBACK  # what our players sent: the last channel, when recorded
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -367,7 +367,7 @@ class WavRecorder:
         if self._file_layout is not None:
             return self._file_layout
         if file.channels == 1:
-            return (next((t for t in self._tracks if t in TRACKS), "inbound"),)
+            return (layout_for(1, self._tracks)[0],)
         return self._layout()[: file.channels]  # nothing in it yet: any placement will do
 
     def _note_layout(self) -> None:
@@ -599,8 +599,7 @@ class WavRecorder:
             if not file.frames:  # nothing in it yet: any placement will do
                 placement = tuple(range(file.channels))
             else:  # a mono file holds its first carrier track
-                first = next((t for t in self._tracks if t in TRACKS), "inbound")
-                old = self._file_layout or (first,)
+                old = self._file_layout or (layout_for(1, self._tracks)[0],)
                 placement = tuple(layout.index(track) for track in old)
             file.widen(len(layout), placement)
         if layout != self._file_layout:
