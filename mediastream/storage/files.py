@@ -42,7 +42,6 @@ class Group:
 
     stem: str
     files: list[Path] = field(default_factory=list)  # the WAV last
-    size: int = 0
     wav: Path | None = None
     abandoned: bool = False  # the WAV was left writable by a killed process
 
@@ -107,18 +106,17 @@ def scan(
             abandoned = True
         else:
             abandoned = False
-        group_size = wav.size + sum(e.size for e in mine)
         files += 1 + len(mine)
-        size += group_size
+        size += wav.size + sum(e.size for e in mine)
         has_report = any(e.name == stem + REPORT_SUFFIX for e in mine)
         if abandoned or has_report or now - wav.ctime >= settle_seconds:
             paths = [e.path for e in sorted(mine, key=lambda e: e.name)] + [wav.path]
-            ready.append(Group(stem, paths, group_size, wav.path, abandoned))
+            ready.append(Group(stem, paths, wav.path, abandoned))
     for entry in sorted(alone, key=lambda e: e.name):
         files += 1
         size += entry.size
         if now - entry.mtime >= settle_seconds:
-            ready.append(Group(entry.name, [entry.path], entry.size))
+            ready.append(Group(entry.name, [entry.path]))
     return Scan(ready, files, size)
 
 

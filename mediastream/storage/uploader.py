@@ -77,7 +77,6 @@ class Uploader:
         self._queue: asyncio.Queue[Group] = asyncio.Queue()
         self._queued: set[str] = set()  # stems queued or in flight
         self._tasks: list[asyncio.Task[None]] = []
-        self._poke = asyncio.Event()
         self._retry_delay = 0.0
         self._retry_at = 0.0
         self._down_since: float | None = None
@@ -96,10 +95,6 @@ class Uploader:
             "uploading finished recordings of %s to %s/%s/",
             self.record_dir, self.target.url.rstrip("/"), self.instance_id,
         )  # fmt: skip
-
-    def poke(self) -> None:
-        """Look at the folder now (a recording was just finished), not at the next tick."""
-        self._poke.set()
 
     def refusal(self) -> tuple[str, str] | None:
         """Why a new stream may not start now (reason, metric label), or None."""
@@ -141,9 +136,7 @@ class Uploader:
 
     async def _scan_forever(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.options.scan_seconds)
-            self._poke.clear()
+            await asyncio.sleep(self.options.scan_seconds)
             try:
                 await self._scan()
             except Exception:

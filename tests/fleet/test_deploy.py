@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from mediastream.cli import build_parser
-from mediastream.config import INSTANCE_ID_ENV, Config, StreamOptions
+from mediastream.config import INSTANCE_ID_ENV, StreamOptions
+from mediastream.instance import is_instance_id
 from tests.fleet.conftest import HAPROXY_CFG, haproxy_binary, haproxy_env
 from tests.processes import REPO
 
@@ -99,4 +100,4 @@ def test_the_kubernetes_manifest_drains_within_its_grace_period() -> None:
     for n in range(replicas):
         assert balancer[f"MEDIASTREAM_{n + 1}_ID"] == f"mediastream-{n}"
         assert balancer[f"MEDIASTREAM_{n + 1}_ADDR"].startswith(f"mediastream-{n}.mediastream.")
-        Config(instance_id=balancer[f"MEDIASTREAM_{n + 1}_ID"])  # a valid id
+        assert is_instance_id(balancer[f"MEDIASTREAM_{n + 1}_ID"])

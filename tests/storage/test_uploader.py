@@ -95,12 +95,22 @@ async def test_a_key_holding_another_recording_is_never_overwritten(
 
 
 async def test_a_recording_already_in_the_store_is_not_sent_again(
-    s3_env: SeaweedS3, tmp_path: Path
+    s3_env: SeaweedS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash between the upload and the removal: the next start finds the same object
     (size and checksum), removes the file and counts it, without a second copy."""
     import obstore
 
+    from mediastream.storage.s3 import Bucket
+
+    puts: list[str] = []
+    put = Bucket.put
+
+    async def counted(self: Bucket, path: Path, key: str, size: int) -> None:
+        puts.append(key)
+        await put(self, path, key, size)
+
+    monkeypatch.setattr(Bucket, "put", counted)
     data = os.urandom(2000)
     obstore.put(s3_env.store(), "again/unit/done.wav", data)
     wav = finished(tmp_path / "done.wav", data)
@@ -109,6 +119,7 @@ async def test_a_recording_already_in_the_store_is_not_sent_again(
     await upload_until_gone(up, wav)
     assert s3_env.objects("again/") == {"again/unit/done.wav": data}
     assert up.stats.uploaded_files == 1
+    assert puts == []  # found in the store: not sent
 
 
 async def test_without_md5_etags_the_object_is_read_back_and_hashed(
