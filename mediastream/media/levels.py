@@ -13,6 +13,10 @@ the bit.
 
 from __future__ import annotations
 
+from mediastream.codecs import _numba_cache  # noqa: F401  (sets NUMBA_CACHE_DIR before numba)
+
+# isort: split
+
 import numpy as np
 from numba import njit
 

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mediastream.config import StreamOptions
-from mediastream.media.levels import fold_levels
 from mediastream.media.recording.wavfile import write_atomic
 from mediastream.session import TRACKS, Audio
 
@@ -188,6 +187,8 @@ class _Level:
         fill = self.fill
         if not fill:
             return
+        from mediastream.media.levels import fold_levels  # numba: loaded on first use
+
         self.fill = 0
         frames = fill // self.size
         sumsq, peak, silent, clipped = fold_levels(

@@ -211,13 +211,12 @@ class Segmenter:
             else:
                 stretches[-1].start = position
         samples = stretches[-1].samples
-        if pcm.dtype is _INT16:
-            try:
-                samples.extend(pcm)  # from the array's own buffer: no bytes in between
-            except (BufferError, TypeError, ValueError):  # not one contiguous buffer
-                samples.extend(np.ascontiguousarray(pcm).tobytes())
-        else:
-            samples.extend(pcm.astype(np.int16).tobytes())
+        if pcm.dtype is not _INT16:
+            pcm = pcm.astype(np.int16)
+        try:
+            samples.extend(pcm)  # from the array's own buffer: no bytes in between
+        except (BufferError, TypeError, ValueError):  # not one contiguous buffer
+            samples.extend(np.ascontiguousarray(pcm))
         self._audio_end = position + n
         self._held += n
         # let go of what no utterance can need any more

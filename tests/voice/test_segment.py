@@ -257,12 +257,13 @@ def test_a_hole_after_everything_held_was_let_go() -> None:
     events: list[SpeechEvent] = []
     for k in range(20):
         segmenter.audio(ramp(WINDOW, later + k * WINDOW), later + k * WINDOW)
+        if not k:
+            assert len(segmenter._stretches) == 1  # the emptied stretch was reused
         events += segmenter.decide(later + k * WINDOW, WINDOW, 1.0)
     events += segmenter.finish()
     (ended,) = [e.utterance for e in events if isinstance(e, SpeechEnded)]
     assert ended.audio_start_ms == later * 1000 / RATE
     np.testing.assert_array_equal(ended.audio, ramp(20 * WINDOW, later))
-    assert len(segmenter._stretches) == 1  # the emptied stretch was reused
 
 
 def test_audio_of_any_layout_is_held_as_its_samples() -> None:
