@@ -446,9 +446,12 @@ class Server:
 
 def probe(
     server: Server, streams: int, seconds: float, generators: int, gen_cores: set[int],
-    run_id: str,
+    run_id: str, profile: Path | None = None,
 ) -> Probe:  # fmt: skip
-    """Drive ``streams`` paced streams for ``seconds``; lag, loss and CPU over the window."""
+    """Drive ``streams`` paced streams for ``seconds``; lag, loss and CPU over the window.
+    With ``profile`` (a directory), py-spy samples the server over the window (on the
+    generators' cores, without pausing it) into ``<server>-<codec>-<N>.txt``, as collapsed
+    stacks (``benchmarks/profile_share.py`` sums them by where the time goes)."""
     for old in server.lag_dir.glob("*.npy"):
         old.unlink()
     shutil.rmtree(server.record_dir, ignore_errors=True)
@@ -482,11 +485,14 @@ def probe(
     window_start = t_start + ramp + SETTLE_SECONDS
     window_end = window_start + seconds
     time.sleep(max(0.0, window_start - time.monotonic()))
+    sampler = _start_sampler(server, streams, seconds, gen_cores, profile) if profile else None
     cpu_before = _cpu_seconds(server.proc.pid)
     time.sleep(max(0.0, (window_start + window_end) / 2 - time.monotonic()))
     rss = _rss_bytes(server.proc.pid)
     time.sleep(max(0.0, window_end - time.monotonic()))
     cpu = _cpu_seconds(server.proc.pid) - cpu_before
+    if sampler is not None:
+        sampler.wait(timeout=60)
     reports = []
     for proc in procs:
         out, _ = proc.communicate(timeout=120)
@@ -513,6 +519,24 @@ def probe(
         generator_late_p99_ms=max(r["late_p99_ms"] for r in reports),
         rss_mib=rss / 2**20,
     )
+
+
+def _start_sampler(
+    server: Server, streams: int, seconds: float, gen_cores: set[int], profile: Path
+) -> subprocess.Popen[bytes]:
+    """py-spy over the measured window: 200 samples/s, native frames off, never pausing the
+    server (``--nonblocking``), on the generators' cores so the server's core stays its own."""
+    profile.mkdir(parents=True, exist_ok=True)
+    out = profile / f"{server.name}-{server.codec}-{streams}.txt"
+    command = [
+        "py-spy", "record", "--pid", str(server.proc.pid), "--duration", str(int(seconds)),
+        "--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw",
+        "--output", str(out),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, gen_cores),
+    )  # fmt: skip
 
 
 def _wait_for_files(directory: Path, count: int, timeout: float) -> list[Path]:
@@ -552,7 +576,7 @@ def find_capacities(
             result = results[server.name]
             for attempt in range(1 if args.quick else 2):
                 run_id = f"{server.name}{n}-{attempt}"
-                p = probe(server, n, args.seconds, args.generators, gen_cores, run_id)
+                p = probe(server, n, args.seconds, args.generators, gen_cores, run_id, args.profile)
                 result.probes.append(p)
                 line = (
                     f"  {server.codec} {server.name:8} N={n:5}  p50 {p.p50_ms:6.2f}"
@@ -673,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="~60 s smoke run, small fixed N")
     parser.add_argument("--quick-streams", type=int, nargs="+", default=[100])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per probe")
+    parser.add_argument("--seconds", type=float, help="measured window per probe (10; --quick: 3)")
     parser.add_argument("--start", type=int, default=200, help="first N tried")
     parser.add_argument("--step", type=float, default=0.08, help="N grows by this fraction")
     parser.add_argument("--max-streams", type=int, default=4000)
@@ -683,6 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write every probe as JSON")
+    parser.add_argument(
+        "--profile", metavar="DIR", type=Path,
+        help="py-spy each probe's window into DIR (collapsed stacks; needs py-spy)",
+    )  # fmt: skip
     parser.add_argument(
         "--before", metavar="REV",
         help="also run each mediastream server from git revision REV, as NAME@before",
@@ -699,8 +727,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         return 0
 
+    if args.seconds is None:
+        args.seconds = 3.0 if args.quick else 10.0
     if args.quick:
-        args.seconds = 3.0
         args.no_memory = True
     cores = os.sched_getaffinity(0)
     gen_cores = (cores - {args.server_core}) or cores

@@ -127,8 +127,9 @@ class StreamOptions:
     # entries a report lists in ``gaps`` and in ``reconnects`` each; more are counted in
     # ``frames.lost`` but not listed (logged once per stream)
     report_max_entries: int = 1000
-    # a live level (``StreamRegistry.live_snapshots``) covers this much audio; the levels are
-    # computed once per window, not per frame
+    # the quality report counts what it kept (arrivals, lags, audio) for every stream once
+    # per window, off the frame path; a live level (``StreamRegistry.live_snapshots``)
+    # covers the last window and what came since
     level_window_seconds: float = 0.5
     # a frame whose samples all lie within ±this is digital silence: 0 for μ-law and L16,
     # 8 covers A-law's quietest code (decoded ±8)

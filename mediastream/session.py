@@ -8,6 +8,7 @@ audio around them is kept.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -45,6 +46,7 @@ MAX_EARLY_FRAMES = 500
 MAX_TRUSTED_TIMESTAMP_MS = 6 * 3600 * 1000
 MAX_REMEMBERED_GAPS = 512
 TRACKS = ("inbound", "outbound")  # what a carrier streams; other names are refused
+FRAME_SECONDS = 0.020  # the carriers' frame: chunk n is due n × 20 ms after chunk 0
 
 
 class State(Enum):
@@ -192,11 +194,11 @@ class Session:
         self._early_reported = False
         # the decoder made to validate the codec at start serves the first track
         self._probe_decoder: codecs.Decoder | None = None
-        # the last media frame's track and counter, whatever became of it: what arrival
-        # timing (``runtime/report.py``) needs, since a held frame's ``Audio`` comes later;
-        # whoever times arrivals takes them and sets ``media_track`` back to None
-        self.media_track: str | None = None
-        self.media_key: int | None = None
+        # arrival timing (``runtime/report.py``), when someone asked for it: per track, each
+        # media frame's transit (``now`` less its counter × 20 ms), whatever became of the
+        # frame, appended here; whoever set it takes them. None: not timed.
+        self.transits: dict[str, array[float]] | None = None
+        self.now = 0.0  # set by the caller before ``receive_text``: when the frame came in
 
     # ------------------------------------------------------------ input
 
@@ -330,7 +332,11 @@ class Session:
     ) -> list[Event]:
         """One media frame of a started stream: decoded now if it is the next one expected
         (the common case), else through the reorder buffer."""
-        self.media_track, self.media_key = track_name, key
+        transits = self.transits
+        if transits is not None and key is not None:  # one append: the report counts later
+            pending = transits.get(track_name)
+            if pending is not None:
+                pending.append(self.now - key * FRAME_SECONDS)
         try:
             payload = decode_base64(payload_text, stream_id=self.stream_id)
         except ProtocolError as exc:

@@ -12,6 +12,7 @@ import importlib.util
 import io
 import logging
 import time
+from array import array
 
 import numpy as np
 
@@ -40,10 +41,15 @@ def _resampler() -> None:
     StreamResampler(16000, 8000).process(np.zeros(320, dtype=np.int16), last=True)
 
 
-def _levels() -> None:  # the quality report's fold: a numba kernel
+def _report() -> None:  # the quality report's folds: numba kernels
     from mediastream.media.levels import fold_levels
+    from mediastream.runtime.timing import count_jitter, count_lags
 
     fold_levels(np.zeros(160, dtype=np.int16), 1, 160, 0, 32767)
+    counts = np.zeros(141, np.int64)
+    count_jitter(array("d", [0.0, 0.0]), np.nan, counts, 0.0)
+    count_lags(array("d", [0.0]), counts, 0.0, np.ones(1), np.zeros(2, np.int64))  # a meter
+    count_lags(array("d", [0.0]), counts, 0.0, np.zeros(0), np.zeros(0, np.int64))  # none
 
 
 def _mp3() -> None:
@@ -65,7 +71,7 @@ def warm_up() -> dict[str, float]:
         "L16": lambda: _codec("L16", 16000),
         "G722": lambda: _codec("G722"),
         "resampler": _resampler,
-        "levels": _levels,
+        "report": _report,
         "MP3": _mp3,
     }
     if importlib.util.find_spec("av") is not None:

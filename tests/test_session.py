@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import warnings
+from array import array
 
 import numpy as np
 import pytest
@@ -218,3 +219,25 @@ def test_media_on_an_unknown_track_is_refused_not_mixed_into_a_real_one():
         else:
             assert [(e.kind, type(e)) for e in events] == [("unknown_track", Error)]
     assert list(session.reorder_stats()) == ["inbound"]  # no track made for the bad names
+
+
+def test_arrivals_are_timed_per_track_whatever_becomes_of_the_frame():
+    s = Session()
+    run(s, [start(), media(1, PAYLOADS[0])])  # not timed: nobody asked
+    s.transits = {"inbound": array("d"), "outbound": array("d")}
+    arrivals = [
+        (media(2, PAYLOADS[1]), 10.000),
+        (media(2, PAYLOADS[1]), 10.005),  # a duplicate: timed all the same
+        (media(4, PAYLOADS[3]), 10.061),  # held for the missing chunk 3
+        (media(1, PAYLOADS[0], track="outbound"), 10.002),
+        (media(3, PAYLOADS[2], track="caller"), 10.003),  # a refused track: not timed
+        (media(3, PAYLOADS[2]).replace(base64.b64encode(PAYLOADS[2]).decode(), "@@"), 10.04),
+    ]
+    for text, now in arrivals:
+        s.now = now
+        s.receive_text(text)
+    # the last one, undecodable base64, is timed too: its arrival was real
+    assert list(s.transits["inbound"]) == pytest.approx(
+        [10.000 - 0.040, 10.005 - 0.040, 10.061 - 0.080, 10.04 - 0.060]
+    )
+    assert list(s.transits["outbound"]) == pytest.approx([10.002 - 0.020])

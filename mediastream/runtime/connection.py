@@ -138,13 +138,8 @@ class StreamConnection:
                 self._note_error(error)
                 return True
             session = self.session
+            session.now = now  # arrival timing, when its stream's report follows this socket
             events = session.receive_text(message)
-            figures = self._figures
-            if figures is not None and session.media_track is not None:
-                # a media frame arrived now: its timing, whatever became of it
-                track, session.media_track = session.media_track, None  # taken
-                if self.stream.life.owner is self:  # type: ignore[union-attr]
-                    figures.arrived(track, session.media_key, now)
             if self._capture is not None and self.session.stream_id:
                 self._capture.name(self.session.stream_id)
             return await self._dispatch(events)
@@ -224,6 +219,8 @@ class StreamConnection:
             logger.exception("stream %s: releasing held audio failed", self.log_id)
         finally:
             try:
+                if self._figures is not None and self.owns_stream:
+                    self._figures.settle()  # its lags into its meter, before that closes
                 if self.meter is not None:
                     self.meter.close()  # this socket's counting is over: publish it now
                 if self._capture is not None:
@@ -283,10 +280,8 @@ class StreamConnection:
                     if handled and voice is not None and voice.heard(event):
                         keep_going &= await voice.act()
                     if figures is not None:  # one call a frame: its audio, and its lag
-                        if handled:
-                            lag = figures.handled(event, self.last_activity)
-                            if meter is not None:  # timed once, for both
-                                meter.lagged(lag)
+                        if handled:  # the meter gets the lag from the figures, in bulk
+                            figures.handled(event, self.last_activity)
                         else:
                             figures.audio(event)
                     elif handled and meter is not None:  # handler lag: plain ints
@@ -405,12 +400,13 @@ class StreamConnection:
             return False
         self.stream, self._resumed = stream, resumed
         self._figures = stream.figures
+        if stream.figures is not None:  # its arrivals timed, its lags into this socket's meter
+            stream.figures.follow(self.session, self.meter)
         if self.named_instance is not None:
             logger.info(
                 "stream %s: its URL names instance %s, not this one; served here",
                 stream.log_id, escape(self.named_instance),
             )  # fmt: skip
-        self.session.media_track = None  # frames held before start are not timed
         if self.life.state is SocketState.OPEN:
             self.life.stream()
         if resumed:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mediastream.runtime.call import Call
     from mediastream.session import Audio, Session
 
@@ -22,9 +24,12 @@ class SocketMeter(Protocol):
     def handled(self, event: Audio, arrived: float) -> None:
         """``on_audio`` returned for ``event``; ``arrived`` is when its frame came in."""
 
-    def lagged(self, lag: float) -> None:
-        """As ``handled``, with the lag (seconds, ≥ 0) already measured on the same clock by
-        the stream's quality report: a frame is timed once, not twice."""
+    # what the stream's quality report counts its lags into, when it is on (it times the
+    # frames: a frame is timed once, for both): per bucket of ``lag_bounds`` (seconds; bucket
+    # i counts lags <= bound i, the last one the rest), and their sum in seconds
+    lag_bounds: np.ndarray
+    lag_buckets: np.ndarray
+    lag_sum: float
 
     def error(self, kind: str) -> None:
         """One input error of ``kind`` on this socket."""

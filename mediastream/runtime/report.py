@@ -9,28 +9,22 @@ keeps among the recent reports and summarizes in one log line. The fields are do
 the README ("Quality report"); ``REPORT_VERSION`` changes when their meaning does.
 
 What a frame costs, since every one passes here (``StreamOptions.reports=False`` turns it
-all off): two calls, plain Python numbers, and numpy only once per window.
+all off): appends, nothing counted. In a loaded server the frame path's Python runs cold (the
+event loop, the WebSocket library and every other stream run between two frames of one), so
+each line costs several times what it does in a loop: counting a frame where it passed cost
+9-10 µs there (arrival 3.5, level copy 4, lag 2; 60-70 µs a level fold), against 2 µs in
+``benchmarks/report_cost.py``. So the frame path only keeps:
 
-* ``arrived`` (per media message, from ``StreamConnection.receive``): one subtraction against
-  the track's least transit so far, a bin index, a list increment;
-* ``handled`` (per handled frame, after ``on_audio``): one ``monotonic()`` for the lag, and a
-  copy of the frame into the track's window buffer (a memoryview slice assignment, 0.13 µs;
-  numpy's is twice that). The levels are computed once per ``level_window_seconds`` (25
-  frames) over the buffer in one go (``_Level.fold``: one compiled pass, ``media/levels.py``),
-  not per frame: a call's fixed cost (1-2 µs for numpy's here) would dominate a 160-sample
-  frame. Keeping the decoded arrays until the window is full, instead of copying
-  them, was measured at several µs per frame more at 200 streams (allocator and cache
-  traffic), although it executes fewer instructions.
+* each media frame's transit (arrival less chunk × 20 ms), appended by the session itself
+  (``Session.transits``, set by ``follow``) whatever becomes of the frame;
+* per handled frame (``handled``, after ``on_audio``), its lag as one float, and the decoded
+  array itself (no copy).
 
-Measured with ``python benchmarks/report_cost.py`` (2-core VM shared with other benchmarks,
-Python 3.11, best of 7 rounds of CPU time): ``StreamFigures`` alone 2.1 µs per PCMU frame
-(2.2 for G.722), window work included; the runtime's whole frame path (``receive`` with
-session, reorder, placement and handler call, no socket) at 20 streams 13.4 µs with reports
-against 10.0 µs without (+3.4 µs, the hooks in ``connection.py`` included). callgrind gives
-+13,700 instructions a frame against the path's 105,000 (this code runs at a lower IPC than
-the C-heavy parsing around it). Against a whole server's 45-90 µs of CPU a frame
-(``benchmarks/RESULTS.md``) that is 4-7 %: ``server_load.py`` with reports on and off on a
-quiet machine decides whether it stays within the 5 % the issue allows.
+``tick`` counts them: ``MediaCore`` calls it for every stream once per
+``level_window_seconds`` (1 s), where compiled folds (``runtime/timing.py``,
+``media/levels.py``) bin the lags and transits and fold the audio, and the lags go into the
+socket meter's buckets for ``/metrics`` (a frame is timed once, for both). ``snapshot`` and
+``report`` count what is pending first; without a ticker, ``PENDING_FRAMES`` bounds it.
 
 Timing figures use histograms of fixed bins (1 ms wide below 50 ms, 10 ms below 500 ms,
 100 ms below 5 s, then one bin), so a stream's memory does not grow with its length;
@@ -39,11 +33,14 @@ percentiles are the lower edge of their bin (at most the maximum), maxima are ex
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
+from array import array
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,7 +50,9 @@ from mediastream.media.recording.wavfile import write_atomic
 from mediastream.session import TRACKS, Audio
 
 if TYPE_CHECKING:
+    from mediastream.runtime.observer import SocketMeter
     from mediastream.runtime.registry import Stream
+    from mediastream.session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -70,46 +69,50 @@ _OVERFLOW = sum(count for _, _, count in _RUNS)  # 140: the index of the last bi
 _BINS = _OVERFLOW + 1
 # added before binning: 130 ms computed as 129.99999999 belongs in [130, 140), not [120, 130)
 _EPSILON_MS = 1e-6
+# frames a track's figures hold before they fold on the frame path (no ticker: the runtime
+# without a core, a stalled loop): 5 s of 20 ms frames; the ticker folds them long before
+PENDING_FRAMES = 250
+_NO_METER = (np.zeros(0), np.zeros(0, np.int64))  # no meter: no metrics buckets to count
 _EDGES = [start + width * i for start, width, count in _RUNS for i in range(count)] + [5000.0]
 
 
-def _bin(ms: float) -> int:
-    """The histogram bin of a non-negative duration in ms (``_EPSILON_MS`` added first)."""
-    ms += _EPSILON_MS
-    if ms < 50.0:
-        return int(ms)
-    if ms < 500.0:
-        return 50 + int((ms - 50.0) // 10.0)
-    if ms < 5000.0:
-        return 95 + int((ms - 500.0) // 100.0)
-    return _OVERFLOW
+@functools.cache
+def _kernels() -> Any:
+    """The compiled folds (``runtime/timing.py``, ``media/levels.py``), imported on first use:
+    importing this module does not load numba."""
+    from mediastream.media.levels import fold_levels
+    from mediastream.runtime.timing import count_jitter, count_lags
+
+    return SimpleNamespace(
+        count_jitter=count_jitter, count_lags=count_lags, fold_levels=fold_levels
+    )
 
 
 class _Histogram:
-    """Counts of durations in fixed bins, and the exact maximum. The frame path updates
-    ``counts`` and ``maximum`` inline (a method call would double its cost)."""
+    """Counts of durations in fixed bins, and the exact maximum (``runtime/timing.py``'s
+    kernels count into them)."""
 
     __slots__ = ("counts", "maximum")
 
     def __init__(self) -> None:
-        self.counts = [0] * _BINS  # a list: faster to increment than an ``array``
+        self.counts = np.zeros(_BINS, np.int64)
         self.maximum = 0.0
 
     def percentile(self, q: float) -> float | None:
         """The nearest-rank ``q`` quantile, rounded down to its bin (None: nothing counted)."""
-        n = sum(self.counts)
+        n = int(self.counts.sum())
         if not n:
             return None
         rank = max(1, math.ceil(q * n))
         seen = 0
-        for index, count in enumerate(self.counts):
+        for index, count in enumerate(self.counts.tolist()):
             seen += count
             if seen >= rank:
                 return round(min(_EDGES[index], self.maximum), 1)
         return round(self.maximum, 1)  # unreachable: the counts sum to n
 
     def summary(self) -> dict[str, float | None]:
-        n = sum(self.counts)
+        n = int(self.counts.sum())
         return {
             "p50": self.percentile(0.50),
             "p99": self.percentile(0.99),
@@ -128,9 +131,16 @@ def _dbfs(sumsq: float, samples: int) -> float | None:
 
 
 class _Level:
-    """One track's audio figures. Frames are copied into a window buffer (``add``) and
-    folded into the totals once it is full: holding on to the decoded arrays instead was
-    measured to cost several µs per frame at 200 streams (allocator and cache traffic).
+    """One track's audio figures. The frame path copies each frame into a buffer (``add``;
+    ``StreamFigures.handled`` inlines it); the stream's ``tick`` (once per
+    ``level_window_seconds``, for every stream in one loop) folds the buffer into the totals
+    in one compiled pass, or ``add`` does when the buffer is full (it holds one and a half
+    windows: only a tick late by half a window fills it).
+
+    On the frame path of a loaded server a fold cost 60-70 µs (its code and data cold each
+    time), against a few µs in the ticker's loop. Keeping the decoder's arrays instead of
+    copying them was measured dearer: held for a window, they keep the allocator from
+    handing the next frame the memory the last one just freed (hot in the cache).
     """
 
     __slots__ = (
@@ -139,20 +149,21 @@ class _Level:
         "clipped",
         "fill",
         "frames",
+        "last",
         "peak",
         "samples",
         "silent",
         "size",
         "sumsq",
+        "ticked",
         "view",
-        "window",
         "window_frames",
     )
 
     def __init__(self, window_frames: int) -> None:
         self.window_frames = window_frames
         self.size = 0  # samples per frame in the buffer (0: none yet)
-        self.capacity = 0  # window_frames × size
+        self.capacity = 0  # samples the buffer holds: 1.5 windows of frames of ``size``
         self.block = np.zeros(0, np.int16)
         # the buffer as a memoryview: a slice assignment costs half of numpy's (0.13 µs)
         self.view = memoryview(self.block)
@@ -163,35 +174,36 @@ class _Level:
         self.peak = 0
         self.clipped = 0
         self.silent = 0  # frames of digital silence
-        self.window: float | None = None  # dBFS of the last full window
+        # (sum of squares, samples) folded since the last tick, and by the last tick: the
+        # live level covers both (the last window, and what came since)
+        self.ticked = (0.0, 0)
+        self.last = (0.0, 0)
 
     def add(self, pcm: np.ndarray, silence: int) -> None:
-        """One frame (``StreamFigures`` inlines the common case: same size, room left)."""
+        """One frame (``StreamFigures.handled`` inlines the usual case: same size, room)."""
         if len(pcm) != self.size:
             if not len(pcm):
                 return  # no samples: nothing to measure
             self.fold(silence)  # a new frame size: a buffer for it
             self.size = len(pcm)
-            self.capacity = self.size * self.window_frames
+            self.capacity = self.size * (self.window_frames * 3 // 2 + 1)
             self.block = np.empty(self.capacity, np.int16)
             self.view = memoryview(self.block)
         end = self.fill + self.size
-        self.block[self.fill : end] = pcm  # any array numpy can cast (the fast path: int16)
-        self.fill = end
-        if end >= self.capacity:
+        if end > self.capacity:
             self.fold(silence)
+            end = self.size
+        self.block[end - self.size : end] = pcm  # any array numpy can cast (usually int16)
+        self.fill = end
 
     def fold(self, silence: int) -> None:
-        """Fold the buffered frames into the totals (a full window, or what is left), in one
-        compiled pass (``media/levels.py``)."""
+        """Fold the buffered frames into the totals in one compiled pass (``media/levels.py``)."""
         fill = self.fill
         if not fill:
             return
-        from mediastream.media.levels import fold_levels  # numba: loaded on first use
-
         self.fill = 0
         frames = fill // self.size
-        sumsq, peak, silent, clipped = fold_levels(
+        sumsq, peak, silent, clipped = _kernels().fold_levels(
             self.block, frames, self.size, silence, CLIP_LEVEL
         )
         self.frames += frames
@@ -201,7 +213,19 @@ class _Level:
         self.clipped += clipped
         if peak > self.peak:
             self.peak = peak
-        self.window = _dbfs(sumsq, fill)
+        ticked_sumsq, ticked_samples = self.ticked
+        self.ticked = (ticked_sumsq + sumsq, ticked_samples + fill)
+
+    def tick(self, silence: int) -> None:
+        """Fold what came since the last tick; it becomes the live window."""
+        self.fold(silence)
+        self.last, self.ticked = self.ticked, (0.0, 0)
+
+    @property
+    def window(self) -> float | None:
+        """dBFS over the last window and what came since (None: no audio in it)."""
+        (a, m), (b, n) = self.last, self.ticked
+        return _dbfs(a + b, m + n)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -217,23 +241,25 @@ class StreamFigures:
     """One stream's quality figures, fed by the runtime frame by frame (see the module doc)."""
 
     __slots__ = (
+        "_arrivals",
+        "_best",
         "_gap_ends",
         "_gaps",
         "_jitter",
-        "_jitter_counts",
         "_lag",
-        "_lag_counts",
+        "_lags",
+        "_last_lag_ms",
         "_levels",
         "_max_entries",
         "_noted",
         "_origin",
         "_reconnects",
+        "_session",
         "_silence",
         "_stream",
-        "_transit",
         "_window",
-        "last_lag_ms",
         "lost",
+        "meter",
         "recording",
     )
 
@@ -248,47 +274,48 @@ class StreamFigures:
         self._gap_ends: dict[str, list[Any]] = {}  # each track's latest gap, to extend it
         self._reconnects: list[int] = []  # timeline positions (samples)
         self._noted: set[str] = set()  # lists that reached ``report_max_entries``
-        self._transit: dict[str, float] = {}  # per track, this socket's least arrival − due
+        # the followed socket's session, and its transits per track (appended by the session,
+        # counted and emptied here), and this socket's least transit so far per track
+        self._session: Session | None = None
+        self._arrivals: dict[str, array[float]] = {}
+        self._best: dict[str, float] = {}
         self._jitter = _Histogram()
         self._lag = _Histogram()
-        self._jitter_counts = self._jitter.counts  # the frame path's shortcuts
-        self._lag_counts = self._lag.counts
+        self._lags: array[float] = array("d")  # handled frames' lags (s), not counted yet
         self._origin: float | None = None  # this socket's handler clock (as the meter's)
-        self.last_lag_ms: float | None = None
+        self._last_lag_ms: float | None = None
+        # the owning socket's meter: the lags go there when they are counted (None: none)
+        self.meter: SocketMeter | None = None
         self.recording: Path | None = None
 
     # ------------------------------------------------------------ what the runtime feeds
 
-    def arrived(self, track: str | None, key: int | None, at: float) -> None:
-        """A media frame of ``track`` with counter ``key`` came in at ``at`` (monotonic s).
+    def follow(self, session: Session, meter: SocketMeter | None) -> None:
+        """The socket of ``session`` now carries the stream: time its media frames' arrivals
+        (the session appends each one's transit, an arrival less its counter × 20 ms, for
+        ``tick`` to count), and hand the lags counted from now on to ``meter``.
 
-        Its deviation from the 20 ms clock is how much later it came than the earliest frame
-        so far of its track and socket, each judged against ``key`` × 20 ms (RFC 5481's
-        packet delay variation, with the minimum so far as the reference).
+        A frame's deviation from the 20 ms clock is how much later it came than the earliest
+        frame so far of its track and socket (RFC 5481's packet delay variation, with the
+        minimum so far as the reference).
         """
-        if key is None:
-            return
-        transit = at - key * FRAME_SECONDS
-        best = self._transit.get(track)  # type: ignore[arg-type]
-        if best is None or transit < best:
-            if best is None and track not in TRACKS:
-                return  # the session refuses such tracks: no state for them
-            self._transit[track] = transit  # type: ignore[index]
-            self._jitter_counts[0] += 1
-            return
-        ms = (transit - best) * 1000.0
-        self._jitter_counts[int(ms + _EPSILON_MS) if ms < 49.0 else _bin(ms)] += 1
-        if ms > self._jitter.maximum:
-            self._jitter.maximum = ms
+        self._unfollow()
+        session.transits = self._arrivals = {track: array("d") for track in TRACKS}
+        self._session, self.meter = session, meter
+
+    def _unfollow(self) -> None:
+        if self._session is not None:
+            self._session.transits = None  # the old socket's frames are no longer timed
+            self._session = None
 
     def audio(self, event: Audio) -> None:
         """``event`` was placed on the stream's timeline (lost ones as silence)."""
-        level = self._levels.get(event.track)
-        if level is None:
-            level = self._levels[event.track] = _Level(self._window)
         if event.missing:
             self._missing(event)
             return
+        level = self._levels.get(event.track)
+        if level is None:
+            level = self._levels[event.track] = _Level(self._window)
         level.add(event.pcm, self._silence)
 
     def handled(
@@ -296,51 +323,48 @@ class StreamFigures:
         event: Audio,
         arrived: float,
         _now: Any = time.monotonic,  # bound here: locals are faster than globals
-        _epsilon: float = _EPSILON_MS,
-    ) -> float:
+    ) -> None:
         """``on_audio`` returned for ``event``: its audio (as ``audio``), and how far behind
-        the socket's real-time clock that was (returned, in seconds, ≥ 0: the metrics take
-        it from here instead of timing the frame again). One call for both: the frame
-        path's cost is mostly calls.
+        the socket's real-time clock that was. One call for both, and only appends: the frame
+        path's cost is mostly calls and lines (``tick`` counts them, in compiled code).
 
         The same clock as the metrics' handler lag: it starts at the socket's first handled
         frame (``arrived``: when the frame that released it came in) and runs at the rate.
+        The lag goes to ``meter`` when it is counted: the frame is timed once, for both.
         """
         now = _now()
+        due = event.position / event.sample_rate
+        origin = self._origin
+        if origin is None:
+            origin = self._origin = min(arrived, now) - due
+        lags = self._lags
+        lags.append(now - origin - due)
         pcm = event.pcm
         level = self._levels.get(event.track)
         if level is not None and len(pcm) == level.size and not event.missing:
             fill = level.fill  # ``_Level.add``, inlined
             end = fill + level.size
-            try:
-                level.view[fill:end] = pcm
-            except (TypeError, ValueError):  # not a plain int16 buffer: numpy converts it
-                level.block[fill:end] = pcm
-            level.fill = end
-            if end >= level.capacity:
-                level.fold(self._silence)
+            if end <= level.capacity:
+                try:
+                    level.view[fill:end] = pcm
+                except (TypeError, ValueError):  # not a plain int16 buffer: numpy converts it
+                    level.block[fill:end] = pcm
+                level.fill = end
+            else:
+                level.add(pcm, self._silence)
         else:
             self.audio(event)
-        due = event.position / event.sample_rate
-        origin = self._origin
-        if origin is None:
-            origin = self._origin = min(arrived, now) - due
-        ms = (now - origin - due) * 1000.0
-        if ms > 0.0:
-            self._lag_counts[int(ms + _epsilon) if ms < 49.0 else _bin(ms)] += 1
-            if ms > self._lag.maximum:
-                self._lag.maximum = ms
-        else:
-            ms = 0.0
-            self._lag_counts[0] += 1
-        self.last_lag_ms = ms
-        return ms / 1000.0
+        if len(lags) >= PENDING_FRAMES:
+            self.settle()  # no ticker: count here
 
     def reconnected(self, position: int) -> None:
         """A new socket took the stream up; its audio goes on from ``position`` (samples)."""
+        self._count_timing()  # on the old socket's clocks, into its meter
+        self._unfollow()
         self._listed(self._reconnects, position, "reconnects")
-        self._transit.clear()  # a new socket: new arrival and handler clocks
+        self._best.clear()  # a new socket: new arrival and handler clocks
         self._origin = None
+        self.meter = None
 
     def _missing(self, event: Audio) -> None:
         self.lost += 1
@@ -365,11 +389,55 @@ class StreamFigures:
                 self._stream.log_id, self._max_entries, what,
             )  # fmt: skip
 
-    # ------------------------------------------------------------ what it tells
+    # ------------------------------------------------------------ counting what was kept
+
+    def tick(self) -> None:
+        """Count everything kept since the last tick: ``MediaCore`` calls it for every stream
+        once per ``level_window_seconds``; it starts a new live level window."""
+        self._count_timing()
+        for level in self._levels.values():
+            level.tick(self._silence)
+
+    def settle(self) -> None:
+        """Count what is kept (the socket that fed it is done: its meter closes next)."""
+        self._count_timing()
+        self._fold_levels()
 
     def _fold_levels(self) -> None:
         for level in self._levels.values():
             level.fold(self._silence)
+
+    def _count_timing(self) -> None:
+        if self._lags:
+            self._count_lags()
+        self._count_arrivals()
+
+    def _count_arrivals(self) -> None:
+        jitter = self._jitter
+        for track, pending in self._arrivals.items():
+            if pending:
+                best, jitter.maximum = _kernels().count_jitter(
+                    pending, self._best.get(track, math.nan), jitter.counts, jitter.maximum
+                )
+                self._best[track] = best
+                del pending[:]
+
+    def _count_lags(self) -> None:
+        meter, lag = self.meter, self._lag
+        bounds, buckets = (meter.lag_bounds, meter.lag_buckets) if meter else _NO_METER
+        lag.maximum, self._last_lag_ms, total = _kernels().count_lags(
+            self._lags, lag.counts, lag.maximum, bounds, buckets
+        )
+        del self._lags[:]
+        if meter is not None:
+            meter.lag_sum += total
+
+    # ------------------------------------------------------------ what it tells
+
+    @property
+    def last_lag_ms(self) -> float | None:
+        """The handler lag of the last frame counted (by the last tick or ``snapshot``), ms."""
+        return self._last_lag_ms
 
     def tracks(self) -> list[str]:
         return [track for track in TRACKS if track in self._levels]
@@ -383,16 +451,18 @@ class StreamFigures:
         return summary
 
     def live_levels(self) -> dict[str, float | None]:
-        """Each track's level over its last full window (dBFS), for the live view."""
+        """Each track's level over the last window (two ticks; dBFS), for the live view."""
         return {track: self._levels[track].window for track in self.tracks()}
 
     def snapshot(self) -> dict[str, Any]:
-        """The live view of the stream (JSON-ready): what ``GET /streams`` shows."""
+        """The live view of the stream (JSON-ready): what ``GET /streams`` shows. What was
+        kept since the last tick is counted first: the view is as of now."""
+        self.settle()
         return live_view(self._stream, self)
 
     def report(self) -> dict[str, Any]:
         """The stream's quality report (JSON-ready); final once the stream has ended."""
-        self._fold_levels()
+        self.settle()
         stream = self._stream
         rate = stream.sample_rate or 1
         received, reordered, late, duplicated = _counts(stream)

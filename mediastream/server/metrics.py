@@ -53,6 +53,7 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -82,6 +83,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_SECONDS = 1.0
 # upper bounds (seconds) of the handler-lag histogram: a frame is 20 ms, so resolve below that
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_LAG_BOUNDS = np.array(LAG_BUCKETS)
 # input errors that mean "this frame's audio could not be decoded"
 DECODE_ERROR_KINDS = frozenset({"invalid_base64", "decode_error"})
 UNKNOWN_CODEC = "unknown"  # frames of a connection that never gave a usable ``start``
@@ -133,6 +135,7 @@ class StreamMeter:
         "_pushed",
         "closed",
         "errors",
+        "lag_buckets",
         "lag_counts",
         "lag_sum",
         "session",
@@ -141,6 +144,9 @@ class StreamMeter:
     def __init__(self, session: Session, on_close: Callable[[StreamMeter], None]) -> None:
         self.session = session
         self.lag_counts = [0] * len(_LAG_LE)  # one per bucket; the last is +Inf
+        # the same buckets, counted in bulk by the stream's quality report (it times the
+        # frames when it is on: a frame is timed once, for both), which adds to ``lag_sum``
+        self.lag_buckets = np.zeros(len(_LAG_LE), np.int64)
         self.lag_sum = 0.0
         self.errors: dict[str, int] = {}
         self.closed = False
@@ -175,18 +181,7 @@ class StreamMeter:
         else:
             self.lag_counts[0] += 1
 
-    def lagged(
-        self,
-        lag: float,
-        _bisect: Callable[[Sequence[float], float], int] = bisect_left,
-        _bounds: tuple[float, ...] = LAG_BUCKETS,
-    ) -> None:
-        """``handled``'s second half: the lag of a frame the quality report timed."""
-        if lag > 0.0:
-            self.lag_sum += lag
-            self.lag_counts[_bisect(_bounds, lag)] += 1
-        else:
-            self.lag_counts[0] += 1
+    lag_bounds = _LAG_BOUNDS  # what the quality report counts into ``lag_buckets`` by
 
     def error(self, kind: str) -> None:
         """One input error of ``kind`` (an ``Error`` event's kind) on this connection."""
@@ -224,6 +219,10 @@ class StreamMeter:
             for kind, count in self.errors.items():
                 batch.errors[label, kind] = batch.errors.get((label, kind), 0) + count
             self.errors.clear()
+        if self.lag_buckets.any():
+            for index, count in enumerate(self.lag_buckets.tolist()):
+                batch.lag_counts[index] += count
+            self.lag_buckets[:] = 0
         if self.lag_sum or any(self.lag_counts):
             counts = self.lag_counts
             for index, count in enumerate(counts):

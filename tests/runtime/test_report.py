@@ -26,7 +26,12 @@ from mediastream.logs import escape
 from mediastream.media.recording import recording_base
 from mediastream.runtime.core import MediaCore
 from mediastream.runtime.handler import AudioFrame, StreamHandler
-from mediastream.runtime.report import REPORT_VERSION, StreamFigures
+from mediastream.runtime.report import (
+    FRAME_SECONDS,
+    PENDING_FRAMES,
+    REPORT_VERSION,
+    StreamFigures,
+)
 from mediastream.session import Audio
 from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
 from tests.runtime.helpers import feed, open_socket
@@ -285,21 +290,50 @@ def audio(chunk: int, pcm: np.ndarray | None = None, *, missing: bool = False) -
 
 def test_jitter_is_the_delay_past_the_earliest_frame_on_the_20_ms_clock():
     figures = figures_for()
+    session = SimpleNamespace(transits=None)
+    figures.follow(session, None)  # type: ignore[arg-type]
+
+    def arrive(track: str, chunk: int, at: float) -> None:  # what Session._media appends
+        session.transits[track].append(at - chunk * FRAME_SECONDS)
+
     delays_ms = {1: 3.0, 2: 0.0, 3: 0.0, 4: 7.5, 5: 0.0, 6: 130.0, 7: 0.0, 8: 0.0, 9: 42.0}
     for chunk, delay in delays_ms.items():  # chunk 2 sets the clock: 3 ms earlier than chunk 1
-        figures.arrived("inbound", chunk, 100.0 + chunk * 0.020 + delay / 1000)
-    figures.arrived("inbound", None, 500.0)  # no counter: not timed
-    figures.arrived("bogus", 1, 500.0)  # a track the session refuses: no state for it
+        arrive("inbound", chunk, 100.0 + chunk * 0.020 + delay / 1000)
+    assert figures._jitter.summary()["max"] is None  # kept, not counted before a tick
+    figures.tick()
+    assert not session.transits["inbound"]  # taken
     jitter = figures._jitter.summary()
     # deviations 0 (the first sets the clock), 0, 0, 7.5, 0, 130, 0, 0, 42: p50 is the 5th
     # smallest, p99 the 9th; bins are 1 ms wide below 50 ms, 10 ms wide to 500 ms
     assert jitter == {"p50": 0.0, "p99": 130.0, "max": 130.0}
     assert figures._jitter.percentile(0.8) == 42.0  # the 8th of 9 (42 sits in [42, 43))
     assert figures._jitter.percentile(0.7) == 7.0  # 7.5 ms, rounded down to its 1 ms bin
+    arrive("outbound", 5, 900.0)  # another track: its own clock
+    arrive("outbound", 6, 900.021)
     figures.reconnected(0)  # a new socket: a new clock (its frames may be far later)
-    figures.arrived("inbound", 10, 900.0)
-    figures.arrived("inbound", 11, 900.02)
+    assert session.transits is None  # the old socket is no longer timed
+    session = SimpleNamespace(transits=None)
+    figures.follow(session, None)  # type: ignore[arg-type]
+    arrive("inbound", 10, 900.0)
+    arrive("inbound", 11, 900.02)
+    figures.tick()
     assert figures._jitter.maximum == pytest.approx(130.0)
+    assert int(figures._jitter.counts.sum()) == 13
+    assert figures._jitter.counts[1] == 1  # outbound's 1 ms
+
+
+class LagMeter:
+    """What a ``SocketMeter`` offers the report: buckets to count its lags into, and a sum."""
+
+    lag_bounds = np.array([0.001, 0.01, 0.1])
+
+    def __init__(self) -> None:
+        self.lag_buckets = np.zeros(4, np.int64)
+        self.lag_sum = 0.0
+
+    @property
+    def buckets(self) -> list[int]:
+        return self.lag_buckets.tolist()
 
 
 def test_handler_lag_runs_on_the_clock_of_the_first_handled_frame():
@@ -310,34 +344,97 @@ def test_handler_lag_runs_on_the_clock_of_the_first_handled_frame():
         return next(clock)
 
     arrived = 10.000  # the first frame came in at 10.000: frame n is due at 10 + n × 20 ms
+    figures.meter = meter = LagMeter()  # type: ignore[assignment]
     for chunk in range(1, 6):
         figures.handled(audio(chunk), arrived, _now=now)
+    assert (figures.last_lag_ms, meter.buckets) == (None, [0, 0, 0, 0])  # at the next tick
+    figures.tick()
     # lags: 0, 0, 50 (due 10.040, done 10.090), 5 (due 10.060), 0 (due 10.080)
     assert figures._lag.percentile(0.99) == 50.0
     assert figures._lag.percentile(0.50) == 0.0
     assert figures.last_lag_ms == pytest.approx(0.0)
+    # timed once, for both: <= 1 ms three times, 5 ms (<= 10 ms), 50 ms (<= 100 ms)
+    assert meter.buckets == [3, 1, 1, 0] and meter.lag_sum == pytest.approx(0.055)
+    figures.tick()
+    assert meter.buckets == [3, 1, 1, 0]  # counted once
 
 
-def test_levels_fold_per_window_and_the_live_level_is_the_last_window():
-    figures = figures_for(level_window_seconds=0.1)  # 5 frames a window
+def test_without_a_ticker_what_is_kept_is_counted_every_pending_frames():
+    figures = figures_for()
+    session = SimpleNamespace(transits=None)
+    figures.follow(session, None)  # type: ignore[arg-type]
+    for chunk in range(1, PENDING_FRAMES + 1):
+        session.transits["inbound"].append(100.0)
+        figures.handled(audio(chunk), 100.0 + chunk * 0.020, _now=lambda: 1e6)
+    level = figures._levels["inbound"]
+    assert (level.frames, level.fill) == (PENDING_FRAMES, 0)
+    assert int(figures._jitter.counts.sum()) == int(figures._lag.counts.sum()) == PENDING_FRAMES
+    assert not figures._lags and not session.transits["inbound"]
+
+
+def test_levels_fold_at_each_tick_and_the_live_level_is_the_last_window():
+    figures = figures_for()
     loud = np.full(FRAME, 16384, np.int16)  # -6.02 dBFS
-    for chunk in range(1, 6):
+    quiet = np.full(FRAME, -8, np.int16)  # A-law's quietest code: -72.25 dBFS
+    for chunk in range(1, 4):
         figures.audio(audio(chunk, loud))
     level = figures._levels["inbound"]
-    assert (level.window, level.frames, level.fill) == (-6.02, 5, 0)
-    for chunk in range(6, 9):
-        figures.audio(audio(chunk, np.full(FRAME, -8, np.int16)))  # A-law's quietest code
-    figures.audio(audio(9, missing=True, pcm=np.zeros(FRAME, np.int16)))
-    assert level.window == -6.02 and level.fill == 3 * FRAME  # not folded yet
+    assert (level.window, level.frames, level.fill) == (None, 0, 3 * FRAME)  # not folded yet
+    figures.tick()
+    assert (level.window, level.frames, level.fill) == (-6.02, 3, 0)
+    for chunk in range(4, 7):
+        figures.audio(audio(chunk, quiet))
+    assert level.window == -6.02  # until the next tick
+    figures.tick()  # the window: this tick's quiet frames (the loud ones were the last)
+    assert level.window == round(20 * math.log10(8 / 32768), 2)
+    figures.audio(audio(7, loud))
+    figures._fold_levels()  # as a snapshot does: what came since the tick counts too
+    assert level.window == round(10 * math.log10((3 * 64 + 16384**2) / 4 / 32768**2), 2)
+    figures.tick()
+    figures.tick()
+    assert level.window is None  # no audio in the last window
+    for chunk in range(8, 12):
+        figures.audio(audio(chunk, quiet))
+    figures.audio(audio(12, missing=True, pcm=np.zeros(FRAME, np.int16)))
+    figures.audio(audio(13, loud[: FRAME // 2]))  # another size: the others are folded first
+    assert (level.frames, level.fill) == (11, FRAME // 2)
     summary = (figures._fold_levels(), level.summary())[1]
     assert summary == {
-        "rms_dbfs": round(10 * math.log10((5 * 16384**2 + 3 * 64) / 8 / 32768**2), 2),
+        "rms_dbfs": round(
+            10 * math.log10((4.5 * FRAME * 16384**2 + 7 * FRAME * 64) / (11.5 * FRAME) / 32768**2),
+            2,
+        ),
         "peak": 16384,
         "clipped": 0,
-        "digital_silence": round(3 / 8, 4),  # the lost frame is not audio received
+        "digital_silence": round(7 / 12, 4),  # the lost frame is not audio received
         "speech": None,
     }
     assert figures.lost == 1
+
+
+async def test_the_core_ticks_every_streams_report_once_a_window(record_dir: Path):
+    core = make_core(record_dir, level_window_seconds=0.1)  # a tick every 0.1 s
+    await core.start()
+    plan = plan_call(INBOUND, codec="L16", sample_rate=RATE, stream_id="ticked")
+    texts = frames_by_key(plan)
+    connection, _ = await open_socket(core)
+    await feed(core, connection, json.dumps(plan.start_frame()))
+    await feed(core, connection, *(texts["inbound", c] for c in range(1, 4)))
+    [stream] = list(core.registry)
+    assert stream.figures is not None
+    level = stream.figures._levels["inbound"]
+    assert (level.frames, level.fill) == (0, 3 * FRAME)
+    for _ in range(100):  # the ticker folds them within a tick (0.1 s)
+        if level.frames:
+            break
+        await asyncio.sleep(0.01)
+    assert (level.frames, level.fill) == (3, 0)
+    assert int(stream.figures._jitter.counts.sum()) == 3  # the arrivals are counted with them
+    pcm = INBOUND[: 3 * FRAME].astype(np.float64)  # chunks 1-3, L16: exact
+    assert level.window == round(10 * math.log10(np.dot(pcm, pcm) / len(pcm) / 32768**2), 2)
+    await feed(core, connection, json.dumps(plan.stop_frame(9999)))
+    await core.finish(connection)
+    await core.shutdown()
 
 
 # ---------------------------------------------------------------- the live API and its bounds
