@@ -3,11 +3,12 @@
 Three figures, each the best of several rounds of CPU time (``process_time``, so that other
 processes on a busy machine count less), the variants interleaved round by round:
 
-* ``figures``: ``StreamFigures`` alone, fed as the runtime feeds it (``arrived`` per media
-  frame, ``handled`` per handled frame, level windows included), for PCMU (160 samples a frame)
-  and G722 (320);
-* ``fold``: the level fold of one 25-frame window, ``media/levels.py``'s kernel against the
-  numpy code it replaced (kept here as the anchor; both give the same figures, checked);
+* ``figures``: ``StreamFigures`` alone, fed as the runtime feeds it (a transit per media
+  frame, ``handled`` per handled frame, a tick every 25 frames), for PCMU (160 samples a
+  frame) and G722 (320);
+* ``fold``: the levels of one 25-frame window through the level pool
+  (``runtime/level_pool.py``: copies, then one compiled pass) against the numpy fold it
+  replaced (kept here as the anchor; both give the same figures, checked);
 * ``runtime``: ``StreamConnection.receive`` over pre-built frames of many streams (as
   ``runtime_frame.py``), with ``StreamOptions.reports`` on and off: the difference is the
   report's whole cost on the runtime path, hooks included.
@@ -36,17 +37,17 @@ from typing import Any
 import numpy as np
 
 from mediastream.config import SpeechOptions, StreamOptions
-from mediastream.media.levels import fold_levels
 from mediastream.runtime.connection import StreamConnection
 from mediastream.runtime.handler import StreamHandler
+from mediastream.runtime.level_pool import LevelPool
 from mediastream.runtime.registry import StreamRegistry
-from mediastream.runtime.report import StreamFigures
+from mediastream.runtime.report import CLIP_LEVEL, StreamFigures
 from mediastream.session import Audio
 from mediastream.simulate import encode_frames, synthesize_speechlike
 
 
 def figures_round(frame_samples: int, frames: int) -> float:
-    """CPU µs per frame of ``StreamFigures`` alone."""
+    """CPU µs per frame of ``StreamFigures`` alone, its ticks included (every 25 frames)."""
     rate = frame_samples * 50
     voice = synthesize_speechlike(frames / 50 + 1, rate)
     events = [
@@ -54,13 +55,20 @@ def figures_round(frame_samples: int, frames: int) -> float:
         for i in range(frames)
     ]
     stream: Any = SimpleNamespace(log_id="bench")
-    figures = StreamFigures(stream, StreamOptions())
+    pool = LevelPool(StreamOptions().digital_silence_peak, CLIP_LEVEL)
+    figures = StreamFigures(stream, StreamOptions(), pool)
+    session: Any = SimpleNamespace(transits=None)
+    figures.follow(session, None)
+    transits = session.transits["inbound"]
     figures.audio(events[0])  # the track's state exists, as after a stream's first frame
     gc.collect()
     started = time.process_time()
     for key, event in enumerate(events, start=2):
-        figures.arrived("inbound", key, key * 0.02 + 0.001 * (key % 7))
+        transits.append(key * 0.02 + 0.001 * (key % 7) - key * 0.02)  # what the session adds
         figures.handled(event, 0.0)
+        if key % 25 == 0:  # the core's ticker
+            pool.tick()
+            figures.tick()
     return (time.process_time() - started) / frames * 1e6
 
 
@@ -76,17 +84,31 @@ def numpy_fold(block: np.ndarray, frames: int, size: int, silence: int, clip: in
     return sumsq, peak, silent, clipped
 
 
+def pool_fold(pool: LevelPool, row: int, frames: list[np.ndarray]) -> tuple:
+    """The same window through the level pool: copied in as the frame path does, folded."""
+    for frame in frames:
+        pool.add(row, frame)
+    pool.fold()
+    return pool.figures(row)
+
+
 def fold_round(size: int, calls: int = 2000) -> dict[str, float]:
-    """µs per 25-frame window of the level fold: the kernel against numpy, same input."""
+    """µs per 25-frame window of the level fold: the pool (copies and one compiled pass)
+    against numpy's fold of the same window; the same figures, checked."""
     rng = np.random.default_rng(size)
     block = rng.integers(-20000, 20000, 25 * size, dtype=np.int16)
-    args = (block, 25, size, 8, 32767)
-    assert fold_levels(*args) == numpy_fold(*args)  # the same figures, to the bit
+    frames = [block[i * size : (i + 1) * size] for i in range(25)]
+    pool = LevelPool(8, 32767)
+    row = pool.row()
+    sumsq, peak, silent, clipped = numpy_fold(block, 25, size, 8, 32767)
+    assert pool_fold(pool, row, frames) == (25, 25 * size, sumsq, peak, clipped, silent)
     out = {}
-    for name, fold in (("fold numpy", numpy_fold), ("fold kernel", fold_levels)):
+    rounds = (("fold numpy", lambda: numpy_fold(block, 25, size, 8, 32767)),
+              ("fold pool", lambda: pool_fold(pool, row, frames)))  # fmt: skip
+    for name, fold in rounds:
         started = time.process_time()
         for _ in range(calls):
-            fold(*args)
+            fold()
         out[name] = (time.process_time() - started) / calls * 1e6
     return out
 

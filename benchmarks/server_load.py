@@ -8,7 +8,8 @@ One run starts, for each codec, three servers pinned to one core:
 - ``noop``: ``mediastream serve`` with a handler that only computes the lag;
 - ``record``: the same with ``--record-dir``;
 - ``picows-noop``, ``picows-record`` (asked for with ``--servers``): the same two on
-  ``serve --transport picows``;
+  ``serve --transport picows``, and ``picows-baseline``, the bare server on picows (its
+  frame callback does the baseline's work); each picows server's ratio is to that one;
 - ``...-noreports`` (``noop-noreports``, ``record-noreports``, ``picows-noop-noreports``...):
   the same server with ``--no-reports``, to price the quality report;
 - ``noop-webrtc``, ``noop-silero`` (and ``picows-`` ones): the no-op server with
@@ -60,8 +61,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +125,9 @@ class LagHandler(StreamHandler):
         save_lags(self.call.stream_id, self.t0, self.lags, self.missing)
 
 
-def run_baseline(port: int, codec: str, loop: str = "asyncio") -> None:
+def run_baseline(
+    port: int, codec: str, loop: str = "asyncio", transport: str = "websockets"
+) -> None:
     """The bare server: parse, base64-decode, decode, note the lag. Nothing else."""
     from websockets.asyncio.server import serve
 
@@ -168,12 +173,55 @@ def run_baseline(port: int, codec: str, loop: str = "asyncio") -> None:
             sys.stdout.flush()
             await asyncio.Future()
 
+    if transport == "picows":
+        main = _picows_baseline(port, make_decoder)  # type: ignore[assignment]
+
     if loop == "uvloop":
         import uvloop
 
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+def _picows_baseline(port: int, make_decoder: Any) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``run_baseline`` on picows: the same work per frame, in the frame callback."""
+    import picows
+
+    class Listener(picows.WSListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.stream_id, self.t0, self.decode, self.lags = "?", 0.0, make_decoder(), []
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type == picows.WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+                return
+            message = json.loads(frame.get_payload_as_utf8_text())
+            event = message.get("event")
+            if event == "media":
+                media = message["media"]
+                self.decode(base64.b64decode(media["payload"]))
+                due = self.t0 + int(media["timestamp"]) / 1000
+                self.lags.append(time.monotonic() - due)
+            elif event == "start":
+                self.stream_id = message["stream_id"]
+                self.t0 = float(message["start"]["custom_parameters"]["t0"])
+            elif event == "stop":
+                save_lags(self.stream_id, self.t0, self.lags, 0)
+                transport.send_close(picows.WSCloseCode.OK)
+                transport.disconnect()
+
+    async def main() -> None:
+        server = await picows.ws_create_server(
+            lambda request: Listener(), "127.0.0.1", port, max_frame_size=1 << 20,
+            enable_auto_ping=False,
+        )  # fmt: skip
+        print(f"baseline listening on ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+        sys.stdout.flush()
+        await asyncio.Future()
+
+    return main
 
 
 # ====================================================================== the load generator
@@ -370,8 +418,10 @@ class Server:
         self.lag_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, LAG_DIR_ENV: str(self.lag_dir), "PYTHONPATH": str(tree)}
         kind = name.split("@")[0]  # "record@before" is a record server of the --before tree
-        if kind == "baseline":
+        if kind in ("baseline", "picows-baseline"):
             command = [sys.executable, str(HERE), "_baseline", "--codec", codec, "--loop", loop]
+            if kind == "picows-baseline":
+                command += ["--transport", "picows"]
         else:
             command = [
                 sys.executable, "-m", "mediastream", "--log-level", "warning", "serve",
@@ -415,7 +465,7 @@ class Server:
             self.stop()
             raise RuntimeError(f"{name} server did not start:\n" + "".join(lines))
         loaded = [line.split(" from ", 1)[1].strip() for line in lines if "loaded with" in line]
-        if kind != "baseline":
+        if not kind.endswith("baseline"):
             if [Path(p).resolve() for p in loaded] != [(tree / "mediastream").resolve()]:
                 self.stop()
                 raise RuntimeError(f"{name} server loaded mediastream from {loaded}, not {tree}")
@@ -628,10 +678,15 @@ def report(results: list[ServerResult], memory: dict[str, dict[str, float]]) -> 
         "| lost | memory KiB/stream |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    baselines = {r.codec: r.best.streams for r in results if r.name == "baseline" and r.best}
+    # each server against the bare server of its transport: picows-* against picows-baseline
+    baselines = {
+        (r.codec, r.name.startswith("picows-")): r.best.streams
+        for r in results
+        if r.name in ("baseline", "picows-baseline") and r.best
+    }
     for r in results:
         best = r.best
-        base = baselines.get(r.codec)
+        base = baselines.get((r.codec, r.name.startswith("picows-")))
         ratio = f"{best.streams / base:.2f}x" if best and base else "-"
         mem = memory.get(r.codec, {}).get(r.name)
         lines.append(
@@ -679,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--codec", default="PCMU")
     base.add_argument("--port", type=int, default=0)
     base.add_argument("--loop", default="asyncio")
+    base.add_argument("--transport", default="websockets", choices=["websockets", "picows"])
     gen = sub.add_parser("_generate")
     for name in ("port", "first", "count", "total", "frames"):
         gen.add_argument(f"--{name}", type=int, required=True)
@@ -690,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", nargs="+", default=["baseline", "noop", "record"],
         choices=[
-            "baseline", "noop", "record", "noop-noreports", "record-noreports",
+            "baseline", "noop", "record", "noop-noreports", "record-noreports", "picows-baseline",
             "picows-noop", "picows-record", "picows-noop-noreports", "picows-record-noreports",
             "noop-webrtc", "noop-silero", "picows-noop-webrtc", "picows-noop-silero",
         ],
@@ -718,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.role == "_baseline":
-        run_baseline(args.port, args.codec, args.loop)
+        run_baseline(args.port, args.codec, args.loop, args.transport)
         return 0
     if args.role == "_generate":
         run_generator(

@@ -42,10 +42,12 @@ def _resampler() -> None:
 
 
 def _report() -> None:  # the quality report's folds: numba kernels
-    from mediastream.media.levels import fold_levels
+    from mediastream.runtime.level_pool import LevelPool
     from mediastream.runtime.timing import count_jitter, count_lags
 
-    fold_levels(np.zeros(160, dtype=np.int16), 1, 160, 0, 32767)
+    pool = LevelPool(0, 32767)
+    pool.add(pool.row(), np.zeros(160, dtype=np.int16))
+    pool.fold()
     counts = np.zeros(141, np.int64)
     count_jitter(array("d", [0.0, 0.0]), np.nan, counts, 0.0)
     count_lags(array("d", [0.0]), counts, 0.0, np.ones(1), np.zeros(2, np.int64))  # a meter

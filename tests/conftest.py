@@ -40,6 +40,37 @@ def itu_stl() -> Path:
     return path
 
 
+# ---------------------------------------------------------------- one suite, both transports
+
+TRANSPORTS = ("websockets", "picows")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_transports: run each test of the module on serve's two transports (its "
+        "MediaServer is the picows adapter in the [picows] run)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_transports") is not None:
+        metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The transport a ``both_transports`` module's test runs on ("websockets" elsewhere):
+    for "picows", the module's ``MediaServer`` (the name its tests build servers with) is the
+    picows adapter, which takes the same arguments."""
+    name: str = getattr(request, "param", "websockets")
+    if name == "picows":
+        from mediastream.server.picows import PicowsServer
+
+        monkeypatch.setattr(request.module, "MediaServer", PicowsServer)
+    return name
+
+
 @pytest.fixture
 def record_dir(tmp_path: Path) -> Path:
     path = tmp_path / "recordings"

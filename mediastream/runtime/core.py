@@ -452,6 +452,7 @@ class MediaCore:
         seconds = self.config.stream.level_window_seconds
         while True:
             await asyncio.sleep(seconds)
+            self.registry.level_pool.tick()  # every stream's levels, in one pass
             for index, stream in enumerate(self.registry):
                 if stream.figures is not None:
                     stream.figures.tick()

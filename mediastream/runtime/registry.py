@@ -29,6 +29,7 @@ from mediastream.logs import escape
 from mediastream.media.recording import WavRecorder, open_recording
 from mediastream.runtime.call import Call
 from mediastream.runtime.handler import HandlerFactory, StreamHandler
+from mediastream.runtime.level_pool import LevelPool
 from mediastream.runtime.lifecycle import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
@@ -38,7 +39,14 @@ from mediastream.runtime.lifecycle import (
 from mediastream.runtime.observer import NO_OBSERVER, Observer
 from mediastream.runtime.pieces import StreamPiece
 from mediastream.runtime.played import PlayedTrack
-from mediastream.runtime.report import StreamFigures, describe, encode, live_view, write_sidecar
+from mediastream.runtime.report import (
+    CLIP_LEVEL,
+    StreamFigures,
+    describe,
+    encode,
+    live_view,
+    write_sidecar,
+)
 from mediastream.session import Error, Session, Started
 
 if TYPE_CHECKING:
@@ -231,6 +239,8 @@ class StreamRegistry:
     ) -> None:
         self.handler_factory = handler_factory
         self.options = options
+        # every stream's level figures, folded for all at once (``runtime/level_pool.py``)
+        self.level_pool = LevelPool(options.digital_silence_peak, CLIP_LEVEL)
         self.observer = observer
         self.max_streams = max_streams  # live and suspended streams
         # why new streams cannot start now, (reason, metric label), or None: asked at each
@@ -327,7 +337,7 @@ class StreamRegistry:
             sample_rate=event.sample_rate,
         )
         if self.options.reports:
-            stream.figures = StreamFigures(stream, self.options)
+            stream.figures = StreamFigures(stream, self.options, self.level_pool)
         self._streams[event.stream_id] = stream
         if self.options.record_dir is not None:
             await self._record(stream, event)
@@ -492,6 +502,8 @@ class StreamRegistry:
         except Exception:
             logger.exception("stream %s: making its quality report failed", stream.log_id)
             return None
+        finally:
+            stream.figures.release()  # its level rows serve other streams
         sidecar = None
         if stream.figures.recording is not None:
             try:

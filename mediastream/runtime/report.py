@@ -9,22 +9,24 @@ keeps among the recent reports and summarizes in one log line. The fields are do
 the README ("Quality report"); ``REPORT_VERSION`` changes when their meaning does.
 
 What a frame costs, since every one passes here (``StreamOptions.reports=False`` turns it
-all off): appends, nothing counted. In a loaded server the frame path's Python runs cold (the
-event loop, the WebSocket library and every other stream run between two frames of one), so
-each line costs several times what it does in a loop: counting a frame where it passed cost
-9-10 µs there (arrival 3.5, level copy 4, lag 2; 60-70 µs a level fold), against 2 µs in
-``benchmarks/report_cost.py``. So the frame path only keeps:
+all off): appends and one copy, nothing counted. In a loaded server the frame path's Python
+runs cold (the event loop, the WebSocket library and every other stream run between two
+frames of one), so each line costs several times what it does in a loop: counting a frame
+where it passed cost 9-10 µs there (arrival 3.5, level copy 4, lag 2; 60-70 µs a level fold),
+against 2 µs in ``benchmarks/report_cost.py``. So the frame path only keeps:
 
 * each media frame's transit (arrival less chunk × 20 ms), appended by the session itself
   (``Session.transits``, set by ``follow``) whatever becomes of the frame;
-* per handled frame (``handled``, after ``on_audio``), its lag as one float, and the decoded
-  array itself (no copy).
+* per handled frame (``handled``, after ``on_audio``), its lag as one float, and its samples,
+  copied into the registry's ``LevelPool``: one ring for all streams, which stays in the
+  cache (a window buffer per stream was written cold every frame: about 4 µs of the 10).
 
-``tick`` counts them: ``MediaCore`` calls it for every stream once per
-``level_window_seconds`` (1 s), where compiled folds (``runtime/timing.py``,
-``media/levels.py``) bin the lags and transits and fold the audio, and the lags go into the
-socket meter's buckets for ``/metrics`` (a frame is timed once, for both). ``snapshot`` and
-``report`` count what is pending first; without a ticker, ``PENDING_FRAMES`` bounds it.
+``tick`` counts the timing: ``MediaCore`` calls it for every stream once per
+``level_window_seconds`` (0.5 s), after one ``LevelPool.tick`` for every stream's levels;
+compiled folds (``runtime/timing.py``, ``media/levels.py``) bin the lags and transits and
+fold the audio, and the lags go into the socket meter's buckets for ``/metrics`` (a frame is
+timed once, for both). ``snapshot`` and ``report`` count what is pending first; without a
+ticker, ``PENDING_FRAMES`` bounds it.
 
 Timing figures use histograms of fixed bins (1 ms wide below 50 ms, 10 ms below 500 ms,
 100 ms below 5 s, then one bin), so a stream's memory does not grow with its length;
@@ -47,6 +49,7 @@ import numpy as np
 
 from mediastream.config import StreamOptions
 from mediastream.media.recording.wavfile import write_atomic
+from mediastream.runtime.level_pool import MAX_FRAME_SAMPLES, ROW_SHIFT, LevelPool
 from mediastream.session import TRACKS, Audio
 
 if TYPE_CHECKING:
@@ -80,12 +83,9 @@ _EDGES = [start + width * i for start, width, count in _RUNS for i in range(coun
 def _kernels() -> Any:
     """The compiled folds (``runtime/timing.py``, ``media/levels.py``), imported on first use:
     importing this module does not load numba."""
-    from mediastream.media.levels import fold_levels
     from mediastream.runtime.timing import count_jitter, count_lags
 
-    return SimpleNamespace(
-        count_jitter=count_jitter, count_lags=count_lags, fold_levels=fold_levels
-    )
+    return SimpleNamespace(count_jitter=count_jitter, count_lags=count_lags)
 
 
 class _Histogram:
@@ -131,108 +131,30 @@ def _dbfs(sumsq: float, samples: int) -> float | None:
 
 
 class _Level:
-    """One track's audio figures. The frame path copies each frame into a buffer (``add``;
-    ``StreamFigures.handled`` inlines it); the stream's ``tick`` (once per
-    ``level_window_seconds``, for every stream in one loop) folds the buffer into the totals
-    in one compiled pass, or ``add`` does when the buffer is full (it holds one and a half
-    windows: only a tick late by half a window fills it).
+    """One track's audio figures: a row of the registry's ``LevelPool``, where the frame path
+    copies each frame and where all streams' frames are folded at once."""
 
-    On the frame path of a loaded server a fold cost 60-70 µs (its code and data cold each
-    time), against a few µs in the ticker's loop. Keeping the decoder's arrays instead of
-    copying them was measured dearer: held for a window, they keep the allocator from
-    handing the next frame the memory the last one just freed (hot in the cache).
-    """
+    __slots__ = ("pool", "row")
 
-    __slots__ = (
-        "block",
-        "capacity",
-        "clipped",
-        "fill",
-        "frames",
-        "last",
-        "peak",
-        "samples",
-        "silent",
-        "size",
-        "sumsq",
-        "ticked",
-        "view",
-        "window_frames",
-    )
+    def __init__(self, pool: LevelPool) -> None:
+        self.pool = pool
+        self.row = pool.row()
 
-    def __init__(self, window_frames: int) -> None:
-        self.window_frames = window_frames
-        self.size = 0  # samples per frame in the buffer (0: none yet)
-        self.capacity = 0  # samples the buffer holds: 1.5 windows of frames of ``size``
-        self.block = np.zeros(0, np.int16)
-        # the buffer as a memoryview: a slice assignment costs half of numpy's (0.13 µs)
-        self.view = memoryview(self.block)
-        self.fill = 0  # samples in the buffer
-        self.frames = 0  # frames folded (received ones: not the silence for lost ones)
-        self.samples = 0
-        self.sumsq = 0.0  # exact: float64 holds sums of int16 squares up to 2**53
-        self.peak = 0
-        self.clipped = 0
-        self.silent = 0  # frames of digital silence
-        # (sum of squares, samples) folded since the last tick, and by the last tick: the
-        # live level covers both (the last window, and what came since)
-        self.ticked = (0.0, 0)
-        self.last = (0.0, 0)
-
-    def add(self, pcm: np.ndarray, silence: int) -> None:
-        """One frame (``StreamFigures.handled`` inlines the usual case: same size, room)."""
-        if len(pcm) != self.size:
-            if not len(pcm):
-                return  # no samples: nothing to measure
-            self.fold(silence)  # a new frame size: a buffer for it
-            self.size = len(pcm)
-            self.capacity = self.size * (self.window_frames * 3 // 2 + 1)
-            self.block = np.empty(self.capacity, np.int16)
-            self.view = memoryview(self.block)
-        end = self.fill + self.size
-        if end > self.capacity:
-            self.fold(silence)
-            end = self.size
-        self.block[end - self.size : end] = pcm  # any array numpy can cast (usually int16)
-        self.fill = end
-
-    def fold(self, silence: int) -> None:
-        """Fold the buffered frames into the totals in one compiled pass (``media/levels.py``)."""
-        fill = self.fill
-        if not fill:
-            return
-        self.fill = 0
-        frames = fill // self.size
-        sumsq, peak, silent, clipped = _kernels().fold_levels(
-            self.block, frames, self.size, silence, CLIP_LEVEL
-        )
-        self.frames += frames
-        self.samples += fill
-        self.sumsq += sumsq
-        self.silent += silent
-        self.clipped += clipped
-        if peak > self.peak:
-            self.peak = peak
-        ticked_sumsq, ticked_samples = self.ticked
-        self.ticked = (ticked_sumsq + sumsq, ticked_samples + fill)
-
-    def tick(self, silence: int) -> None:
-        """Fold what came since the last tick; it becomes the live window."""
-        self.fold(silence)
-        self.last, self.ticked = self.ticked, (0.0, 0)
+    def add(self, pcm: np.ndarray) -> None:
+        self.pool.add(self.row, pcm)
 
     @property
     def window(self) -> float | None:
         """dBFS over the last window and what came since (None: no audio in it)."""
-        (a, m), (b, n) = self.last, self.ticked
-        return _dbfs(a + b, m + n)
+        return _dbfs(*self.pool.window(self.row))
 
     def summary(self) -> dict[str, Any]:
+        frames, samples, sumsq, peak, clipped, silent = self.pool.figures(self.row)
         return {
-            "rms_dbfs": _dbfs(self.sumsq, self.samples),
-            "peak": self.peak,
-            "clipped": self.clipped,
-            "digital_silence": round(self.silent / self.frames, 4) if self.frames else None,
+            "rms_dbfs": _dbfs(sumsq, samples),
+            "peak": peak,
+            "clipped": clipped,
+            "digital_silence": round(silent / frames, 4) if frames else None,
             "speech": None,  # set by StreamFigures when a speech detector listens
         }
 
@@ -253,20 +175,18 @@ class StreamFigures:
         "_max_entries",
         "_noted",
         "_origin",
+        "_pool",
         "_reconnects",
         "_session",
-        "_silence",
         "_stream",
-        "_window",
         "lost",
         "meter",
         "recording",
     )
 
-    def __init__(self, stream: Stream, options: StreamOptions) -> None:
+    def __init__(self, stream: Stream, options: StreamOptions, pool: LevelPool) -> None:
         self._stream = stream
-        self._window = max(1, round(options.level_window_seconds * FRAMES_PER_SECOND))
-        self._silence = options.digital_silence_peak
+        self._pool = pool  # the registry's: every stream's level figures
         self._max_entries = options.report_max_entries
         self._levels: dict[str, _Level] = {}
         self.lost = 0  # slots given up and filled with silence
@@ -315,8 +235,8 @@ class StreamFigures:
             return
         level = self._levels.get(event.track)
         if level is None:
-            level = self._levels[event.track] = _Level(self._window)
-        level.add(event.pcm, self._silence)
+            level = self._levels[event.track] = _Level(self._pool)
+        level.add(event.pcm)
 
     def handled(
         self,
@@ -341,17 +261,20 @@ class StreamFigures:
         lags.append(now - origin - due)
         pcm = event.pcm
         level = self._levels.get(event.track)
-        if level is not None and len(pcm) == level.size and not event.missing:
-            fill = level.fill  # ``_Level.add``, inlined
-            end = fill + level.size
-            if end <= level.capacity:
+        if level is not None and not event.missing:
+            pool = self._pool  # ``LevelPool.add``, inlined
+            size = len(pcm)
+            fill = pool.fill
+            end = fill + size
+            if 0 < size <= MAX_FRAME_SAMPLES and end <= pool.capacity:
                 try:
-                    level.view[fill:end] = pcm
+                    pool.view[fill:end] = pcm
                 except (TypeError, ValueError):  # not a plain int16 buffer: numpy converts it
-                    level.block[fill:end] = pcm
-                level.fill = end
+                    pool.ring[fill:end] = pcm
+                pool.fill = end
+                pool.records.append(level.row << ROW_SHIFT | size)
             else:
-                level.add(pcm, self._silence)
+                pool.add(level.row, pcm)
         else:
             self.audio(event)
         if len(lags) >= PENDING_FRAMES:
@@ -394,9 +317,7 @@ class StreamFigures:
     def tick(self) -> None:
         """Count everything kept since the last tick: ``MediaCore`` calls it for every stream
         once per ``level_window_seconds``; it starts a new live level window."""
-        self._count_timing()
-        for level in self._levels.values():
-            level.tick(self._silence)
+        self._count_timing()  # the levels: ``LevelPool.tick``, for all streams at once
 
     def settle(self) -> None:
         """Count what is kept (the socket that fed it is done: its meter closes next)."""
@@ -404,8 +325,14 @@ class StreamFigures:
         self._fold_levels()
 
     def _fold_levels(self) -> None:
+        if self._levels:
+            self._pool.fold()
+
+    def release(self) -> None:
+        """The stream's report is made: its rows of the pool may serve other streams."""
         for level in self._levels.values():
-            level.fold(self._silence)
+            self._pool.release(level.row)
+        self._levels = {}
 
     def _count_timing(self) -> None:
         if self._lags:

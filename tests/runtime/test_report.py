@@ -26,7 +26,9 @@ from mediastream.logs import escape
 from mediastream.media.recording import recording_base
 from mediastream.runtime.core import MediaCore
 from mediastream.runtime.handler import AudioFrame, StreamHandler
+from mediastream.runtime.level_pool import LevelPool
 from mediastream.runtime.report import (
+    CLIP_LEVEL,
     FRAME_SECONDS,
     PENDING_FRAMES,
     REPORT_VERSION,
@@ -280,7 +282,15 @@ async def test_a_shuffled_call_with_random_drops_counts_every_frame(record_dir: 
 
 def figures_for(**options: Any) -> StreamFigures:
     stream: Any = SimpleNamespace(log_id="unit")
-    return StreamFigures(stream, StreamOptions(**options))
+    stream_options = StreamOptions(**options)
+    pool = LevelPool(stream_options.digital_silence_peak, CLIP_LEVEL)
+    return StreamFigures(stream, stream_options, pool)
+
+
+def folded(figures: StreamFigures, track: str = "inbound") -> tuple[int, int]:
+    """Frames folded of ``track``, and frames of the stream's pool waiting to be."""
+    level = figures._levels[track]
+    return level.pool.figures(level.row)[0], len(level.pool.records)
 
 
 def audio(chunk: int, pcm: np.ndarray | None = None, *, missing: bool = False) -> Audio:
@@ -366,38 +376,38 @@ def test_without_a_ticker_what_is_kept_is_counted_every_pending_frames():
     for chunk in range(1, PENDING_FRAMES + 1):
         session.transits["inbound"].append(100.0)
         figures.handled(audio(chunk), 100.0 + chunk * 0.020, _now=lambda: 1e6)
-    level = figures._levels["inbound"]
-    assert (level.frames, level.fill) == (PENDING_FRAMES, 0)
+    assert folded(figures) == (PENDING_FRAMES, 0)
     assert int(figures._jitter.counts.sum()) == int(figures._lag.counts.sum()) == PENDING_FRAMES
     assert not figures._lags and not session.transits["inbound"]
 
 
 def test_levels_fold_at_each_tick_and_the_live_level_is_the_last_window():
     figures = figures_for()
+    pool = figures._pool
     loud = np.full(FRAME, 16384, np.int16)  # -6.02 dBFS
     quiet = np.full(FRAME, -8, np.int16)  # A-law's quietest code: -72.25 dBFS
     for chunk in range(1, 4):
         figures.audio(audio(chunk, loud))
     level = figures._levels["inbound"]
-    assert (level.window, level.frames, level.fill) == (None, 0, 3 * FRAME)  # not folded yet
-    figures.tick()
-    assert (level.window, level.frames, level.fill) == (-6.02, 3, 0)
+    assert (level.window, *folded(figures)) == (None, 0, 3)  # not folded yet
+    pool.tick()  # the core ticks the pool: every stream's levels at once
+    assert (level.window, *folded(figures)) == (-6.02, 3, 0)
     for chunk in range(4, 7):
         figures.audio(audio(chunk, quiet))
     assert level.window == -6.02  # until the next tick
-    figures.tick()  # the window: this tick's quiet frames (the loud ones were the last)
+    pool.tick()  # the window: this tick's quiet frames (the loud ones were the last)
     assert level.window == round(20 * math.log10(8 / 32768), 2)
     figures.audio(audio(7, loud))
     figures._fold_levels()  # as a snapshot does: what came since the tick counts too
     assert level.window == round(10 * math.log10((3 * 64 + 16384**2) / 4 / 32768**2), 2)
-    figures.tick()
-    figures.tick()
+    pool.tick()
+    pool.tick()
     assert level.window is None  # no audio in the last window
     for chunk in range(8, 12):
         figures.audio(audio(chunk, quiet))
     figures.audio(audio(12, missing=True, pcm=np.zeros(FRAME, np.int16)))
-    figures.audio(audio(13, loud[: FRAME // 2]))  # another size: the others are folded first
-    assert (level.frames, level.fill) == (11, FRAME // 2)
+    figures.audio(audio(13, loud[: FRAME // 2]))  # another size, in the same pool
+    assert folded(figures) == (7, 5)
     summary = (figures._fold_levels(), level.summary())[1]
     assert summary == {
         "rms_dbfs": round(
@@ -423,12 +433,12 @@ async def test_the_core_ticks_every_streams_report_once_a_window(record_dir: Pat
     [stream] = list(core.registry)
     assert stream.figures is not None
     level = stream.figures._levels["inbound"]
-    assert (level.frames, level.fill) == (0, 3 * FRAME)
+    assert folded(stream.figures) == (0, 3)
     for _ in range(100):  # the ticker folds them within a tick (0.1 s)
-        if level.frames:
+        if folded(stream.figures)[0]:
             break
         await asyncio.sleep(0.01)
-    assert (level.frames, level.fill) == (3, 0)
+    assert folded(stream.figures) == (3, 0)
     assert int(stream.figures._jitter.counts.sum()) == 3  # the arrivals are counted with them
     pcm = INBOUND[: 3 * FRAME].astype(np.float64)  # chunks 1-3, L16: exact
     assert level.window == round(10 * math.log10(np.dot(pcm, pcm) / len(pcm) / 32768**2), 2)

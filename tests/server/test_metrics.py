@@ -187,7 +187,7 @@ async def test_counts_are_pushed_every_second_without_a_scrape():
             assert registry.get_sample_value("mediastream_active_connections") == 1
             assert registry.get_sample_value("mediastream_active_streams") == 1
             # the handler lag comes from the quality report, which counts its frames' lags
-            # once per level window (1 s): in the push after that
+            # once per level window (0.5 s): in the push after that
             lags = "mediastream_handler_lag_seconds_count"
             while registry.get_sample_value(lags) != 10:
                 assert time.monotonic() < deadline, "no handler lag pushed within 5 s"
