@@ -79,9 +79,15 @@ def record_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def server(record_dir: Path) -> AsyncIterator[MediaServer]:
-    """A real media server on 127.0.0.1 (free port) recording into ``record_dir``."""
-    srv = MediaServer(StreamHandler, host="127.0.0.1", port=0, options=StreamOptions(record_dir))
+async def server(record_dir: Path, transport: str) -> AsyncIterator[MediaServer]:
+    """A real media server on 127.0.0.1 (free port) recording into ``record_dir``, on the
+    test's transport."""
+    kind: type[MediaServer] = MediaServer
+    if transport == "picows":
+        from mediastream.server.picows import PicowsServer
+
+        kind = PicowsServer  # type: ignore[assignment]
+    srv = kind(StreamHandler, host="127.0.0.1", port=0, options=StreamOptions(record_dir))
     await srv.start()
     try:
         yield srv

@@ -27,6 +27,8 @@ from mediastream.simulate import (
 )
 from tests.conftest import ws_url
 
+pytestmark = pytest.mark.both_transports
+
 
 def rtp() -> StreamOptions:
     """RTP PCMU 8000 (``bidirectionalMode="rtp"``); the default is Telnyx's, mp3."""

@@ -28,6 +28,8 @@ from tests.conftest import ws_url
 from tests.media.test_recording import Frame
 from tests.media.test_recording import tone as noise  # random samples, as the name says
 
+pytestmark = pytest.mark.both_transports
+
 # the acceptance bound for a voice bot's recording (the measured errors are far less)
 ALIGNMENT_BOUND_S = 0.020
 

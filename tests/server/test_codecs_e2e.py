@@ -12,6 +12,8 @@ from mediastream import MediaServer
 from mediastream.simulate import CallPlan, plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
 
+pytestmark = pytest.mark.both_transports
+
 
 async def test_g722_call_is_recorded_sample_exact_at_16k(server: MediaServer, record_dir: Path):
     import G722  # an independent decoder (libg722)

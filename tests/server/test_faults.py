@@ -25,6 +25,8 @@ from mediastream.server.websocket import ServerLimits
 from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
 from tests.conftest import ws_url
 
+pytestmark = pytest.mark.both_transports
+
 VOICE = synthesize_speechlike(4.0, 8000)
 
 

@@ -19,6 +19,8 @@ from mediastream.server.websocket import ServerLimits
 from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
 from tests.server.test_faults import closed_code, ended, frame, outbound_media, start, stop, wav
 
+pytestmark = pytest.mark.both_transports
+
 VOICE = synthesize_speechlike(4.0, 8000)
 TONE = (np.sin(np.arange(1600) / 3) * 8000).astype(np.int16)
 

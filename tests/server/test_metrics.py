@@ -29,6 +29,8 @@ from tests.conftest import ws_url
 from tests.processes import start_server
 from tests.server.test_asgi import host_app, uvicorn_serving
 
+pytestmark = pytest.mark.both_transports
+
 VOICE = synthesize_speechlike(2.0, 8000)  # 100 frames of PCMU
 WIDE = synthesize_speechlike(0.2, 16000)  # 10 frames of L16 at 16 kHz
 

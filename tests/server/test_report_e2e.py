@@ -9,10 +9,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mediastream import MediaServer
 from mediastream.simulate import plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
+
+pytestmark = pytest.mark.both_transports
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

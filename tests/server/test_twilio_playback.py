@@ -24,6 +24,8 @@ from mediastream.media.playback import PlaybackConfig
 from mediastream.simulate import encode_frames, synthesize_speechlike
 from tests.conftest import ws_url
 
+pytestmark = pytest.mark.both_transports
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop

@@ -19,6 +19,8 @@ from mediastream import AudioFrame, MediaServer, StreamHandler, StreamOptions
 from mediastream.simulate import CallPlan, plan_call, send_call, synthesize_speechlike
 from tests.conftest import ws_url
 
+pytestmark = pytest.mark.both_transports
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop

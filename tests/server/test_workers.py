@@ -147,12 +147,14 @@ async def wait_until_recording(server: Supervised, plans: list[CallPlan]) -> dic
 
 
 @pytest.mark.slow
-async def test_two_workers_record_200_calls_sample_exactly(tmp_path: Path):
+@pytest.mark.both_transports
+async def test_two_workers_record_200_calls_sample_exactly(tmp_path: Path, transport: str):
     from mediastream.simulate import simulate
 
     record_dir = tmp_path / "rec"
     voice = synthesize_speechlike(1.0, 8000)
-    with supervised("--workers", "2", "--record-dir", str(record_dir)) as server:
+    args = ("--workers", "2", "--record-dir", str(record_dir), "--transport", transport)
+    with supervised(*args) as server:
         assert len(server.worker_pids()) == 2
         results = await simulate(
             f"ws://127.0.0.1:{server.port}/", voice, calls=200, stream_id="many", shuffle_window=5
@@ -169,11 +171,15 @@ async def test_two_workers_record_200_calls_sample_exactly(tmp_path: Path):
 
 
 @pytest.mark.slow
-async def test_sigkilled_worker_is_restarted_and_the_other_one_is_unaffected(tmp_path: Path):
+@pytest.mark.both_transports
+async def test_sigkilled_worker_is_restarted_and_the_other_one_is_unaffected(
+    tmp_path: Path, transport: str
+):
     record_dir = tmp_path / "rec"
     voice = synthesize_speechlike(4.0, 8000)
     plans = [plan_call(voice, codec="PCMA", stream_id=f"kill-{i}", seed=i) for i in range(16)]
-    with supervised("--workers", "2", "--record-dir", str(record_dir)) as server:
+    args = ("--workers", "2", "--record-dir", str(record_dir), "--transport", transport)
+    with supervised(*args) as server:
         url = f"ws://127.0.0.1:{server.port}/"
         calls = realtime_calls(url, plans)
         where = await wait_until_recording(server, plans)
@@ -209,11 +215,13 @@ async def test_sigkilled_worker_is_restarted_and_the_other_one_is_unaffected(tmp
 
 
 @pytest.mark.slow
-async def test_sigterm_drains_live_calls_on_every_worker(tmp_path: Path):
+@pytest.mark.both_transports
+async def test_sigterm_drains_live_calls_on_every_worker(tmp_path: Path, transport: str):
     record_dir = tmp_path / "rec"
     voice = synthesize_speechlike(3.0, 8000)
     plans = [plan_call(voice, codec="PCMU", stream_id=f"drain-{i}", seed=i) for i in range(16)]
     args = ("--workers", "2", "--record-dir", str(record_dir), "--drain-seconds", "20")
+    args += ("--transport", transport)
     with supervised(*args) as server:
         calls = realtime_calls(f"ws://127.0.0.1:{server.port}/", plans)
         where = await wait_until_recording(server, plans)
