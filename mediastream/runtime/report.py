@@ -186,7 +186,7 @@ class StreamFigures:
 
     def __init__(self, stream: Stream, options: StreamOptions, pool: LevelPool) -> None:
         self._stream = stream
-        self._pool = pool  # the registry's: every stream's level figures
+        self._pool: LevelPool | None = pool  # the registry's: every stream's level figures
         self._max_entries = options.report_max_entries
         self._levels: dict[str, _Level] = {}
         self.lost = 0  # slots given up and filled with silence
@@ -235,6 +235,8 @@ class StreamFigures:
             return
         level = self._levels.get(event.track)
         if level is None:
+            if self._pool is None:
+                return  # released: the report is made (a socket read after its stream ended)
             level = self._levels[event.track] = _Level(self._pool)
         level.add(event.pcm)
 
@@ -330,9 +332,10 @@ class StreamFigures:
 
     def release(self) -> None:
         """The stream's report is made: its rows of the pool may serve other streams."""
-        for level in self._levels.values():
-            self._pool.release(level.row)
-        self._levels = {}
+        if self._pool is not None:
+            for level in self._levels.values():
+                self._pool.release(level.row)
+        self._levels, self._pool = {}, None  # audio that comes after takes no row
 
     def _count_timing(self) -> None:
         if self._lags:

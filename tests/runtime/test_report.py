@@ -422,6 +422,23 @@ def test_levels_fold_at_each_tick_and_the_live_level_is_the_last_window():
     assert figures.lost == 1
 
 
+def test_a_released_stream_gives_its_rows_back_and_takes_no_more():
+    figures = figures_for()
+    pool = figures._pool
+    assert pool is not None
+    figures.audio(audio(1))
+    figures.audio(Audio("outbound", np.ones(FRAME, np.int16), RATE, 0, 1))
+    rows = [level.row for level in figures._levels.values()]
+    assert len(rows) == 2
+    figures.release()
+    assert sorted(pool._free[-2:]) == sorted(rows)  # free again, zeroed
+    assert all(pool.figures(row) == (0, 0, 0.0, 0, 0, 0) for row in rows)
+    free = len(pool._free)
+    figures.audio(audio(2))  # the socket is still read after the stream ended
+    figures.handled(audio(3), 0.0, _now=lambda: 1.0)
+    assert len(pool._free) == free and not figures._levels
+
+
 async def test_the_core_ticks_every_streams_report_once_a_window(record_dir: Path):
     core = make_core(record_dir, level_window_seconds=0.1)  # a tick every 0.1 s
     await core.start()
