@@ -34,11 +34,11 @@ from mediastream.errors import InputFileError, UsageError, install_hint
 from mediastream.runtime.report import (
     CLIP_LEVEL,
     DBFS_FLOOR,
-    FRAME_SECONDS,
     FULL_SCALE,
     REPORT_VERSION,
     json_safe,
 )
+from mediastream.session import FRAME_SECONDS
 
 # a run of exact zeros at least this long is a gap (one frame: what a lost frame leaves)
 MIN_GAP_SECONDS = FRAME_SECONDS

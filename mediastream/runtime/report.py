@@ -42,7 +42,6 @@ import math
 import time
 from array import array
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,18 +59,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-FRAME_SECONDS = 0.020  # the carriers' frame: chunk n is due n × 20 ms after chunk 0
-FRAMES_PER_SECOND = 50
 FULL_SCALE = 32768.0  # 0 dBFS: the RMS of a full-scale square wave
 DBFS_FLOOR = -120.0  # what digital zero reads (below any nonzero 16-bit level, -112 dBFS)
 CLIP_LEVEL = 32767  # a sample at ±32767 (or -32768) is clipped
 
 # histogram bins: [lower edge in ms, width in ms) runs; the last bin holds everything above
 _RUNS = ((0.0, 1.0, 50), (50.0, 10.0, 45), (500.0, 100.0, 45))
-_OVERFLOW = sum(count for _, _, count in _RUNS)  # 140: the index of the last bin
-_BINS = _OVERFLOW + 1
+OVERFLOW_BIN = sum(count for _, _, count in _RUNS)  # 140: the index of the last bin
+_BINS = OVERFLOW_BIN + 1
 # added before binning: 130 ms computed as 129.99999999 belongs in [130, 140), not [120, 130)
-_EPSILON_MS = 1e-6
+EPSILON_MS = 1e-6
 # frames a track's figures hold before they fold on the frame path (no ticker: the runtime
 # without a core, a stalled loop): 5 s of 20 ms frames; the ticker folds them long before
 PENDING_FRAMES = 250
@@ -81,11 +78,11 @@ _EDGES = [start + width * i for start, width, count in _RUNS for i in range(coun
 
 @functools.cache
 def _kernels() -> Any:
-    """The compiled folds (``runtime/timing.py``, ``media/levels.py``), imported on first use:
-    importing this module does not load numba."""
-    from mediastream.runtime.timing import count_jitter, count_lags
+    """``runtime/timing.py``'s compiled counts, imported on first use: importing this module
+    does not load numba."""
+    from mediastream.runtime import timing
 
-    return SimpleNamespace(count_jitter=count_jitter, count_lags=count_lags)
+    return timing
 
 
 class _Histogram:

@@ -19,8 +19,7 @@ from mediastream.codecs import _numba_cache  # noqa: F401  (sets NUMBA_CACHE_DIR
 import numpy as np
 from numba import njit
 
-EPSILON_MS = 1e-6  # report.py's _EPSILON_MS
-OVERFLOW = 140  # report.py's _OVERFLOW: the last bin
+from mediastream.runtime.report import EPSILON_MS, OVERFLOW_BIN
 
 
 @njit(cache=True)
@@ -33,7 +32,7 @@ def delay_bin(ms: float) -> int:
         return 50 + int((ms - 50.0) // 10.0)
     if ms < 5000.0:
         return 95 + int((ms - 500.0) // 100.0)
-    return OVERFLOW
+    return OVERFLOW_BIN
 
 
 @njit(cache=True)

@@ -29,12 +29,11 @@ from mediastream.runtime.handler import AudioFrame, StreamHandler
 from mediastream.runtime.level_pool import LevelPool
 from mediastream.runtime.report import (
     CLIP_LEVEL,
-    FRAME_SECONDS,
     PENDING_FRAMES,
     REPORT_VERSION,
     StreamFigures,
 )
-from mediastream.session import Audio
+from mediastream.session import FRAME_SECONDS, Audio
 from mediastream.simulate import CallPlan, plan_call, synthesize_speechlike
 from tests.runtime.helpers import feed, open_socket
 

@@ -10,13 +10,13 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 import pytest
 
-from mediastream.runtime.report import _BINS, _EDGES, _EPSILON_MS
+from mediastream.runtime.report import _BINS, _EDGES, EPSILON_MS
 from mediastream.runtime.timing import count_jitter, count_lags, delay_bin
 
 
 def _bin(ms: float) -> int:
     """The bin by its edges (the README's rule): the last edge at or below ms + 1e-6 ms."""
-    return min(bisect_right(_EDGES, ms + _EPSILON_MS) - 1, _BINS - 1)
+    return min(bisect_right(_EDGES, ms + EPSILON_MS) - 1, _BINS - 1)
 
 
 def edge_values() -> list[float]:
